@@ -1,0 +1,32 @@
+"""anyformer: build any transformer from keyword switches (the x-transformers API, tested and fast)."""
+
+__version__ = "0.1.0"
+
+from .cache import KVCache
+from .generation import AutoregressiveWrapper, min_p, top_a, top_k, top_p
+from .intermediates import Intermediates, LayerIntermediates
+from .nn import Attention, FeedForward
+from .stack import AttentionLayers, CrossAttender, Decoder, Encoder, PrefixDecoder
+from .wrappers import TransformerWrapper, ViTransformerWrapper, XTransformer
+
+__all__ = [
+    "Attention",
+    "AttentionLayers",
+    "AutoregressiveWrapper",
+    "CrossAttender",
+    "Decoder",
+    "Encoder",
+    "FeedForward",
+    "Intermediates",
+    "KVCache",
+    "LayerIntermediates",
+    "PrefixDecoder",
+    "TransformerWrapper",
+    "ViTransformerWrapper",
+    "XTransformer",
+    "__version__",
+    "min_p",
+    "top_a",
+    "top_k",
+    "top_p",
+]

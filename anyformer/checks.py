@@ -1,0 +1,81 @@
+"""Input checks for public forwards: errors name the argument, the expected and the received value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_attn_mask", "check_float_input", "check_mask", "check_token_ids"]
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def check_mask(name: str, mask: Tensor | None, shape: Sequence[int], what: str) -> None:
+    """A boolean mask of exactly `shape` (True = keep / may attend)."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.bool tensor of shape {tuple(shape)} ({what}), got {type(mask).__name__}")
+    if mask.dtype != torch.bool or _shape(mask) != tuple(shape):
+        raise ValueError(
+            f"{name} must be a torch.bool tensor of shape {tuple(shape)} ({what}), "
+            f"got shape {_shape(mask)} and dtype {mask.dtype}"
+        )
+
+
+def check_attn_mask(attn_mask: Tensor | None, batch: int, heads: int, q_len: int, k_len: int) -> None:
+    """attn_mask: bool (i, j), (h, i, j) or (b, h, i, j); 1-sized b/h broadcast."""
+    if attn_mask is None:
+        return
+    expected = "(i, j), (h, i, j) or (b, h, i, j)"
+    if not isinstance(attn_mask, Tensor):
+        raise TypeError(f"attn_mask must be a torch.bool tensor of shape {expected}, got {type(attn_mask).__name__}")
+    shape = _shape(attn_mask)
+    ok = attn_mask.dtype == torch.bool and 2 <= attn_mask.ndim <= 4 and shape[-2:] == (q_len, k_len)
+    if ok and attn_mask.ndim >= 3:
+        ok = shape[-3] in (1, heads)
+    if ok and attn_mask.ndim == 4:
+        ok = shape[0] in (1, batch)
+    if not ok:
+        raise ValueError(
+            f"attn_mask must be a torch.bool tensor of shape {expected} with i={q_len}, j={k_len}, "
+            f"h in (1, {heads}), b in (1, {batch}); got shape {shape} and dtype {attn_mask.dtype}"
+        )
+
+
+def check_float_input(name: str, x: Tensor | None, ndim: int, last_dim: int, what: str) -> None:
+    """A floating tensor with `ndim` dims whose last dim is `last_dim`."""
+    if x is None:
+        return
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a float tensor {what}, got {type(x).__name__}")
+    if not x.is_floating_point() or x.ndim != ndim or x.shape[-1] != last_dim:
+        raise ValueError(
+            f"{name} must be a float tensor {what} with last dimension {last_dim}, "
+            f"got shape {_shape(x)} and dtype {x.dtype}"
+        )
+
+
+def check_token_ids(name: str, x: Tensor, num_tokens: int) -> None:
+    """(b, n) integer ids in [0, num_tokens)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a (batch, seq_len) integer tensor, got {type(x).__name__}")
+    if x.dtype in (torch.bool,) or x.is_floating_point() or x.is_complex() or x.ndim != 2:
+        raise ValueError(
+            f"{name} must be a (batch, seq_len) integer tensor of token ids, "
+            f"got shape {_shape(x)} and dtype {x.dtype}"
+        )
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= num_tokens:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"{name} holds token id {bad}, outside the vocabulary [0, {num_tokens}) "
+            f"(num_tokens={num_tokens})"
+        )

@@ -1,0 +1,38 @@
+"""AttentionConfig: the options of one attention module (``attn_*`` / ``cross_attn_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import check_fields, option
+
+__all__ = ["AttentionConfig"]
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Attention options; each field is one x-transformers ``attn_*`` keyword."""
+
+    dim_head: int = option(64, "width of each attention head")
+    dropout: float = option(0.0, "dropout on the attention probabilities")
+    flash: bool = option(
+        False,
+        "use the fused F.scaled_dot_product_attention kernel",
+        "https://arxiv.org/abs/2205.14135",
+    )
+    dim_context: int | None = option(
+        None, "width of the keys/values input for cross-attention (default: dim)"
+    )
+    zero_init_output: bool = option(False, "zero-initialise the output projection")
+    onnxable: bool = option(
+        False, "ONNX-friendly causal mask (always satisfied: masks are built without triu)"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "Attention", "attn_")
+        if self.dim_head < 1:
+            raise ValueError(f"Attention: attn_dim_head must be >= 1, got {self.dim_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"Attention: attn_dropout must be in [0, 1), got {self.dropout}")
+        if self.dim_context is not None and self.dim_context < 1:
+            raise ValueError(f"Attention: dim_context must be >= 1, got {self.dim_context}")

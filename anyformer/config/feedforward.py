@@ -1,0 +1,46 @@
+"""FeedForwardConfig: the options of the position-wise feedforward (``ff_*`` on a stack)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import check_fields, option
+
+__all__ = ["FeedForwardConfig"]
+
+
+@dataclass(frozen=True)
+class FeedForwardConfig:
+    """Feedforward options; each field is one x-transformers ``ff_*`` keyword."""
+
+    mult: float = option(4, "hidden width = int(dim * mult)")
+    glu: bool = option(
+        False, "gated linear unit: act(gate) * value", "https://arxiv.org/abs/2002.05202"
+    )
+    glu_mult_bias: bool = option(False, "learned per-channel multiplier on the GLU output")
+    swish: bool = option(
+        False, "SiLU activation (with glu: SwiGLU)", "https://arxiv.org/abs/2204.02311"
+    )
+    relu_squared: bool = option(
+        False, "ReLU squared activation (Primer)", "https://arxiv.org/abs/2109.08668"
+    )
+    post_act_ln: bool = option(
+        False, "LayerNorm after the activation (NormFormer)", "https://arxiv.org/abs/2110.09456"
+    )
+    dropout: float = option(0.0, "dropout after the activation")
+    no_bias: bool = option(False, "no bias in the feedforward linears (PaLM)")
+    zero_init_output: bool = option(False, "zero-initialise the output projection")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "FeedForward", "ff_")
+        if self.mult <= 0:
+            raise ValueError(f"FeedForward: ff_mult must be > 0, got {self.mult}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"FeedForward: ff_dropout must be in [0, 1), got {self.dropout}")
+        if self.relu_squared and self.swish:
+            raise ValueError(
+                "FeedForward: ff_relu_squared=True and ff_swish=True both choose the activation; "
+                "set only one"
+            )
+        if self.glu_mult_bias and not self.glu:
+            raise ValueError("FeedForward: ff_glu_mult_bias=True needs ff_glu=True")

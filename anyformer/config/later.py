@@ -1,0 +1,130 @@
+"""Seed keywords whose features belong to later milestones.
+
+They are recognised (so a typo still gets a did-you-mean, and the real name is not mistaken for a
+typo) but raise ``NotImplementedError`` naming the keyword: nothing is ever silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "LATER_ATTENTION",
+    "LATER_FORWARD",
+    "LATER_STACK",
+    "LATER_WRAPPER",
+    "raise_if_later",
+]
+
+ATTENTION = "attention variants (SPEC milestone 2)"
+POSITIONS = "positions (SPEC milestone 3)"
+STRUCTURE = "stack structure (SPEC milestone 4)"
+
+#: Attention keywords of the seed design (reached as ``attn_*`` / ``cross_attn_*`` on a stack).
+LATER_ATTENTION: dict[str, str] = {
+    name: ATTENTION
+    for name in (
+        "value_dim_head",
+        "one_kv_head",
+        "kv_heads",
+        "head_scale",
+        "sparse_topk",
+        "qk_norm",
+        "qk_norm_groups",
+        "qk_norm_scale",
+        "qk_norm_dim_scale",
+        "num_mem_kv",
+        "add_zero_kv",
+        "on_attn",
+        "gate_values",
+        "swiglu_values",
+        "gate_value_heads",
+        "talking_heads",
+        "shared_kv",
+        "tensor_product",
+        "rotary_embed_values",
+        "max_attend_past",
+    )
+}
+
+#: Stack keywords of the seed design.
+LATER_STACK: dict[str, str] = {
+    **{
+        name: POSITIONS
+        for name in (
+            "rotary_pos_emb",
+            "rotary_emb_dim",
+            "rotary_xpos",
+            "rotary_xpos_scale_base",
+            "rotary_interpolation_factor",
+            "rotary_base_rescale_factor",
+            "alibi_pos_bias",
+            "alibi_num_heads",
+            "rel_pos_bias",
+            "rel_pos_num_buckets",
+            "rel_pos_max_distance",
+            "dynamic_pos_bias",
+            "dynamic_pos_bias_log_distance",
+            "dynamic_pos_bias_mlp_depth",
+            "dynamic_pos_bias_norm",
+        )
+    },
+    **{
+        name: STRUCTURE
+        for name in (
+            "use_scalenorm",
+            "use_rmsnorm",
+            "use_simple_rmsnorm",
+            "sandwich_norm",
+            "resi_dual",
+            "resi_dual_scale",
+            "gate_residual",
+            "scale_residual",
+            "scale_residual_constant",
+            "zero_init_branch_output",
+            "custom_layers",
+            "layers_execute_order",
+            "weight_tie_layers",
+            "sandwich_coef",
+            "par_ratio",
+            "macaron",
+            "residual_attn",
+            "cross_residual_attn",
+            "shift_tokens",
+            "layer_dropout",
+            "cross_attn_tokens_dropout",
+        )
+    },
+}
+
+#: TransformerWrapper keywords of the seed design.
+LATER_WRAPPER: dict[str, str] = {
+    "max_mem_len": STRUCTURE,
+    "shift_mem_down": STRUCTURE,
+    "num_memory_tokens": STRUCTURE,
+    "memory_tokens_interspersed_every": STRUCTURE,
+    "attn_z_loss_weight": ATTENTION,
+}
+
+#: Forward keywords of the seed design (wrapper and stack).
+LATER_FORWARD: dict[str, str] = {
+    "mems": STRUCTURE,
+    "mem_masks": STRUCTURE,
+    "return_mems": STRUCTURE,
+    "seq_start_pos": POSITIONS,
+    "return_attn_z_loss": ATTENTION,
+    "attn_z_loss_weight": ATTENTION,
+    "self_attn_kv_mask": POSITIONS,
+    "rotary_pos_emb": POSITIONS,
+    "cache_age": STRUCTURE,
+}
+
+
+def raise_if_later(owner: str, names: Iterable[str], registry: dict[str, str], prefix: str = "") -> None:
+    """Raise NotImplementedError for the first name that belongs to a later milestone."""
+    for name in names:
+        if name in registry:
+            raise NotImplementedError(
+                f"{owner}: keyword {prefix}{name!r} belongs to {registry[name]} and is not "
+                "implemented yet in this release of anyformer"
+            )

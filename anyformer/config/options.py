@@ -1,0 +1,119 @@
+"""Shared machinery for keyword parsing: documented fields, type checks, did-you-mean."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "check_fields",
+    "option",
+    "option_docs",
+    "suggest",
+    "to_dict",
+    "unknown_keyword",
+]
+
+
+def option(default: Any, doc: str, paper: str | None = None) -> Any:
+    """A dataclass field with a one-line doc and, where one exists, the paper it comes from."""
+    if isinstance(default, (dict, list, set)):
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"doc": doc, "paper": paper}
+        )
+    return dataclasses.field(default=default, metadata={"doc": doc, "paper": paper})
+
+
+def option_docs(cls: type) -> dict[str, str]:
+    """Map each field of a config dataclass to its one-line doc (with the paper link)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        doc = f.metadata.get("doc", "")
+        paper = f.metadata.get("paper")
+        out[f.name] = f"{doc} ({paper})" if paper else doc
+    return out
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """A ' Did you mean ...?' suffix naming the closest candidate, or '' when none is close."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_keyword(owner: str, name: str, candidates: Iterable[str]) -> TypeError:
+    """The TypeError raised for a keyword that no option of `owner` accepts."""
+    return TypeError(
+        f"{owner} got an unexpected keyword argument {name!r}.{suggest(name, candidates)}"
+    )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(args, value))
+    if origin in (dict, Mapping) or hint is dict:
+        return isinstance(value, Mapping)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def check_fields(config: Any, owner: str, prefix: str = "") -> None:
+    """Check every field of a frozen config against its annotation; ints become floats where asked."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(value):
+            continue
+        if not _matches(value, hint):
+            raise TypeError(
+                f"{owner}: {prefix}{f.name} must be {_type_name(hint)}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+        if hint is float and isinstance(value, int):
+            object.__setattr__(config, f.name, float(value))
+        elif isinstance(value, Mapping) and not isinstance(value, dict):
+            object.__setattr__(config, f.name, dict(value))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, JSON-friendly dict of a (nested) config dataclass."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [convert(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(config)

@@ -1,0 +1,150 @@
+"""StackConfig and the parser that turns AttentionLayers keywords into it.
+
+Keywords travel once: ``attn_*`` to self-attention, ``cross_attn_*`` to cross-attention (over the
+self-attention options), ``ff_*`` to the feedforward; everything else is a stack option. Typos,
+collisions with the stack's own arguments and unknown names raise ``TypeError`` here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .attention import AttentionConfig
+from .feedforward import FeedForwardConfig
+from .later import LATER_ATTENTION, LATER_STACK, raise_if_later
+from .options import check_fields, option, unknown_keyword
+
+__all__ = ["StackConfig", "parse_stack_config", "stack_keyword_names"]
+
+# Prefixed names that would collide with an argument the stack itself supplies.
+_RESERVED = {
+    "attn_": {
+        "dim": "the attention width is the stack's `dim`",
+        "heads": "set `heads` on the stack",
+        "causal": "causality is set by the stack (Decoder / Encoder / causal=)",
+        "dim_context": "self-attention reads the stack's `dim`; use cross_attn_dim_context",
+    },
+    "cross_attn_": {
+        "dim": "the attention width is the stack's `dim`",
+        "heads": "set `heads` on the stack",
+        "causal": "cross-attention is never causal",
+    },
+    "ff_": {
+        "dim": "the feedforward width is the stack's `dim`; use ff_mult for the hidden width",
+        "dim_out": "the feedforward output width is the stack's `dim`",
+    },
+}
+
+_PREFIXES = ("cross_attn_", "attn_", "ff_")  # longest first: cross_attn_ before attn_
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The resolved options of an AttentionLayers stack."""
+
+    dim: int = option(None, "model width")
+    depth: int = option(None, "number of blocks (each: attention [+ cross-attention] + feedforward)")
+    heads: int = option(8, "number of attention heads")
+    causal: bool = option(False, "causal self-attention (Decoder)")
+    cross_attend: bool = option(False, "add a cross-attention layer to every block")
+    only_cross: bool = option(False, "blocks hold cross-attention and feedforward only")
+    pre_norm: bool = option(
+        True, "pre-LN (True) or post-LN (False) blocks", "https://arxiv.org/abs/2002.04745"
+    )
+    pre_norm_has_final_norm: bool = option(True, "with pre-LN, a final norm after the stack")
+    disable_abs_pos_emb: bool = option(
+        False, "tell the wrapper not to add absolute positional embeddings"
+    )
+    attention: AttentionConfig = option(AttentionConfig(), "self-attention options (attn_*)")
+    cross_attention: AttentionConfig = option(
+        AttentionConfig(), "cross-attention options (cross_attn_* over attn_*)"
+    )
+    feedforward: FeedForwardConfig = option(FeedForwardConfig(), "feedforward options (ff_*)")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "AttentionLayers")
+        for name in ("dim", "depth", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"AttentionLayers: {name} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.only_cross and not self.cross_attend:
+            raise ValueError("AttentionLayers: only_cross=True needs cross_attend=True")
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """'a' self-attention, 'c' cross-attention, 'f' feedforward, in execution order."""
+        if self.only_cross:
+            block = ("c", "f")
+        elif self.cross_attend:
+            block = ("a", "c", "f")
+        else:
+            block = ("a", "f")
+        return block * self.depth
+
+    @property
+    def has_final_norm(self) -> bool:
+        return self.pre_norm and self.pre_norm_has_final_norm
+
+
+def _valid_names() -> list[str]:
+    attn = [f.name for f in dataclasses.fields(AttentionConfig)] + list(LATER_ATTENTION)
+    ff = [f.name for f in dataclasses.fields(FeedForwardConfig)]
+    stack = [f.name for f in dataclasses.fields(StackConfig)] + list(LATER_STACK)
+    return (
+        stack
+        + ["attn_" + n for n in attn]
+        + ["cross_attn_" + n for n in attn]
+        + ["ff_" + n for n in ff]
+    )
+
+
+def stack_keyword_names() -> list[str]:
+    """Every keyword an AttentionLayers constructor accepts (or knows as a later-milestone one)."""
+    return _valid_names()
+
+
+def _build(cls: type, owner: str, prefix: str, kwargs: dict[str, Any], base: Any = None) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in kwargs:
+        reason = _RESERVED.get(prefix, {}).get(name)
+        if reason:
+            raise TypeError(f"{owner}: keyword {prefix}{name!r} is not accepted: {reason}")
+    raise_if_later(owner, kwargs, LATER_ATTENTION if "attn" in prefix else {}, prefix)
+    for name in kwargs:
+        if name not in names:
+            raise unknown_keyword(owner, prefix + name, _valid_names())
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
+    return cls(**kwargs)
+
+
+def parse_stack_config(owner: str, stack_args: dict[str, Any], kwargs: dict[str, Any]) -> StackConfig:
+    """Split prefixed keywords, check every name, and build the frozen StackConfig."""
+    groups: dict[str, dict[str, Any]] = {p: {} for p in _PREFIXES}
+    stack_level: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            stack_level[key] = value
+        else:
+            groups[prefix][key[len(prefix) :]] = value
+
+    raise_if_later(owner, stack_level, LATER_STACK)
+    allowed = {"disable_abs_pos_emb"}
+    for key in stack_level:
+        if key not in allowed:
+            raise unknown_keyword(owner, key, _valid_names())
+
+    attention = _build(AttentionConfig, owner, "attn_", groups["attn_"])
+    cross = _build(AttentionConfig, owner, "cross_attn_", groups["cross_attn_"], base=attention)
+    feedforward = _build(FeedForwardConfig, owner, "ff_", groups["ff_"])
+    return StackConfig(
+        **stack_args,
+        **stack_level,
+        attention=attention,
+        cross_attention=cross,
+        feedforward=feedforward,
+    )

@@ -1,0 +1,78 @@
+"""WrapperConfig: the options of TransformerWrapper (embeddings and output head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import check_fields, option
+
+__all__ = ["WrapperConfig"]
+
+
+@dataclass(frozen=True)
+class WrapperConfig:
+    """Embedding and head options of a token model."""
+
+    num_tokens: int = option(None, "vocabulary size of the token embedding")
+    max_seq_len: int = option(
+        None, "longest sequence the absolute positional embedding covers (0: none)"
+    )
+    emb_dim: int | None = option(None, "embedding width when it differs from the model width")
+    emb_dropout: float = option(0.0, "dropout after the embeddings")
+    post_emb_norm: bool = option(False, "LayerNorm right after the embeddings (BLOOM)")
+    tie_embedding: bool = option(
+        False, "output head reuses the token embedding", "https://arxiv.org/abs/1608.05859"
+    )
+    logits_dim: int | None = option(None, "output head width (default: num_tokens)")
+    use_abs_pos_emb: bool = option(True, "learned absolute positional embedding")
+    scaled_sinu_pos_emb: bool = option(
+        False,
+        "sinusoidal positional embedding with one learned scale",
+        "https://arxiv.org/abs/2202.10447",
+    )
+    l2norm_embed: bool = option(
+        False, "l2-normalise token and positional embeddings, tiny init (fixnorm)"
+    )
+    emb_frac_gradient: float = option(
+        1.0,
+        "fraction of the gradient that reaches the embeddings",
+        "https://arxiv.org/abs/2105.13290",
+    )
+    return_only_embed: bool = option(False, "no output head: forward returns embeddings")
+    embed_num_tokens: dict = option(
+        {}, "extra embeddings summed into the input, name -> vocabulary size (BERT token types)"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "TransformerWrapper")
+        if self.num_tokens is None or self.num_tokens < 1:
+            raise ValueError(
+                f"TransformerWrapper: num_tokens must be an int >= 1, got {self.num_tokens!r}"
+            )
+        if self.max_seq_len is None or self.max_seq_len < 0:
+            raise ValueError(
+                f"TransformerWrapper: max_seq_len must be an int >= 0, got {self.max_seq_len!r}"
+            )
+        for name in ("emb_dim", "logits_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"TransformerWrapper: {name} must be >= 1, got {value}")
+        if not 0.0 <= self.emb_dropout < 1.0:
+            raise ValueError(
+                f"TransformerWrapper: emb_dropout must be in [0, 1), got {self.emb_dropout}"
+            )
+        if not 0.0 < self.emb_frac_gradient <= 1.0:
+            raise ValueError(
+                "TransformerWrapper: emb_frac_gradient must be in (0, 1], "
+                f"got {self.emb_frac_gradient}"
+            )
+        for name, size in self.embed_num_tokens.items():
+            if not isinstance(name, str) or not isinstance(size, int) or size < 1:
+                raise ValueError(
+                    "TransformerWrapper: embed_num_tokens must map names (str) to vocabulary "
+                    f"sizes (int >= 1), got {name!r}: {size!r}"
+                )
+
+    @property
+    def has_abs_pos_emb(self) -> bool:
+        return self.max_seq_len > 0 and self.use_abs_pos_emb

@@ -1,0 +1,61 @@
+"""Token and absolute positional embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["AbsolutePositionalEmbedding", "ScaledSinusoidalEmbedding", "TokenEmbedding"]
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids -> vectors; optionally l2-normalised (fixnorm)."""
+
+    def __init__(self, dim: int, num_tokens: int, l2norm_embed: bool = False) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(num_tokens, dim)
+        self.l2norm_embed = l2norm_embed
+        if l2norm_embed:
+            nn.init.normal_(self.emb.weight, std=1e-5)
+        else:
+            nn.init.normal_(self.emb.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        emb = self.emb(x)
+        return F.normalize(emb, dim=-1) if self.l2norm_embed else emb
+
+
+class AbsolutePositionalEmbedding(nn.Module):
+    """Learned absolute positions, scaled by dim**-0.5 (or l2-normalised)."""
+
+    def __init__(self, dim: int, max_seq_len: int, l2norm_embed: bool = False) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(max_seq_len, dim)
+        self.max_seq_len = max_seq_len
+        self.l2norm_embed = l2norm_embed
+        self.scale = 1.0 if l2norm_embed else dim**-0.5
+        nn.init.normal_(self.emb.weight, std=1e-5 if l2norm_embed else 1.0)
+
+    def forward(self, pos: Tensor) -> Tensor:
+        emb = self.emb(pos) * self.scale
+        return F.normalize(emb, dim=-1) if self.l2norm_embed else emb
+
+
+class ScaledSinusoidalEmbedding(nn.Module):
+    """Fixed sinusoids times one learned scale (FLASH, https://arxiv.org/abs/2202.10447)."""
+
+    def __init__(self, dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"scaled_sinu_pos_emb needs an even embedding width, got {dim}")
+        self.scale = nn.Parameter(torch.ones(1) * dim**-0.5)
+        half = dim // 2
+        inv_freq = torch.exp(-math.log(theta) * torch.arange(half).float() / half)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, pos: Tensor) -> Tensor:
+        angles = pos.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq
+        return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale

@@ -1,0 +1,84 @@
+"""FeedForward: linear -> activation (optionally gated) -> [norm] -> dropout -> linear."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config.feedforward import FeedForwardConfig
+from ..config.options import unknown_keyword
+from .norms import LayerNorm
+
+__all__ = ["FeedForward", "GLU", "ReluSquared"]
+
+
+class ReluSquared(nn.Module):
+    """relu(x) ** 2 (Primer, https://arxiv.org/abs/2109.08668)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x).square()
+
+
+class GLU(nn.Module):
+    """Split the projection into (value, gate): value * act(gate) [* learned multiplier]."""
+
+    def __init__(self, activation: nn.Module, dim: int, mult_bias: bool) -> None:
+        super().__init__()
+        self.act = activation
+        self.mult_bias = nn.Parameter(torch.ones(dim)) if mult_bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = x.chunk(2, dim=-1)
+        out = value * self.act(gate)
+        return out * self.mult_bias if self.mult_bias is not None else out
+
+
+def _activation(config: FeedForwardConfig) -> nn.Module:
+    if config.relu_squared:
+        return ReluSquared()
+    if config.swish:
+        return nn.SiLU()
+    return nn.GELU()
+
+
+class FeedForward(nn.Module):
+    """Position-wise feedforward; options as in FeedForwardConfig (``ff_*`` on a stack)."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        config: FeedForwardConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            valid = FeedForwardConfig.__dataclass_fields__
+            for name in kwargs:
+                if name not in valid:
+                    raise unknown_keyword("FeedForward", name, valid)
+            config = FeedForwardConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("FeedForward: pass either config= or keyword options, not both")
+        self.config = config
+        dim_out = dim if dim_out is None else dim_out
+        inner = int(dim * config.mult)
+        bias = not config.no_bias
+
+        # no_bias drops the GLU projection bias too (x-transformers 1.28.2 kept it: a defect).
+        self.proj_in = nn.Linear(dim, inner * 2 if config.glu else inner, bias=bias)
+        activation = _activation(config)
+        self.act = GLU(activation, inner, config.glu_mult_bias) if config.glu else activation
+        self.post_act_norm = LayerNorm(inner) if config.post_act_ln else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+        self.proj_out = nn.Linear(inner, dim_out, bias=bias)
+        if config.zero_init_output:
+            nn.init.zeros_(self.proj_out.weight)
+            if self.proj_out.bias is not None:
+                nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj_out(self.dropout(self.post_act_norm(self.act(self.proj_in(x)))))

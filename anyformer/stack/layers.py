@@ -1,0 +1,275 @@
+"""AttentionLayers and its presets: Encoder, Decoder, PrefixDecoder, CrossAttender."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..cache import KVCache
+from ..checks import check_attn_mask, check_float_input, check_mask
+from ..config.later import LATER_FORWARD, raise_if_later
+from ..config.options import to_dict, unknown_keyword
+from ..config.stack import StackConfig, parse_stack_config
+from ..intermediates import LayerIntermediates
+from ..nn.attention import Attention
+from ..nn.feedforward import FeedForward
+from ..nn.masks import build_attention_mask, causal_keep_mask, expand_attn_mask
+from ..nn.norms import build_norm
+from .blocks import AttentionBlock, FeedForwardBlock, StackRun
+
+__all__ = ["AttentionLayers", "CrossAttender", "Decoder", "Encoder", "PrefixDecoder"]
+
+
+class AttentionLayers(nn.Module):
+    """A stack of blocks: self-attention, [cross-attention,] feedforward, `depth` times.
+
+    Keywords are parsed once into a frozen StackConfig (``attn_*``, ``cross_attn_*``, ``ff_*``
+    routed to their modules); the blocks are built here and ``forward`` only walks them.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int = 8,
+        causal: bool = False,
+        cross_attend: bool = False,
+        only_cross: bool = False,
+        pre_norm: bool = True,
+        pre_norm_has_final_norm: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        stack_args = dict(
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            causal=causal,
+            cross_attend=cross_attend,
+            only_cross=only_cross,
+            pre_norm=pre_norm,
+            pre_norm_has_final_norm=pre_norm_has_final_norm,
+        )
+        config = parse_stack_config(type(self).__name__, stack_args, kwargs)
+        self.config: StackConfig = config
+        self.dim = dim
+        self.depth = depth
+        self.heads = heads
+        self.causal = causal
+        self.cross_attend = cross_attend
+        self.disable_abs_pos_emb = config.disable_abs_pos_emb
+        self.layer_types = config.layer_types
+        self.layers = nn.ModuleList(self._build_block(t, i) for i, t in enumerate(self.layer_types))
+        self.final_norm = build_norm(dim) if config.has_final_norm else nn.Identity()
+
+    def _build_block(self, layer_type: str, index: int) -> nn.Module:
+        c = self.config
+        pre = build_norm(c.dim) if c.pre_norm else nn.Identity()
+        post = nn.Identity() if c.pre_norm else build_norm(c.dim)
+        if layer_type == "f":
+            return FeedForwardBlock(FeedForward(c.dim, config=c.feedforward), pre, post)
+        is_cross = layer_type == "c"
+        attn = Attention(
+            c.dim,
+            heads=c.heads,
+            causal=c.causal and not is_cross,
+            config=c.cross_attention if is_cross else c.attention,
+        )
+        cache_index = sum(t != "f" for t in self.layer_types[:index])
+        return AttentionBlock(attn, pre, post, is_cross=is_cross, cache_index=cache_index)
+
+    @property
+    def can_cache_kv(self) -> bool:
+        """Whether cached decoding is possible (causal self-attention)."""
+        return self.causal
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved configuration as a plain dict."""
+        return {"class": type(self).__name__, **to_dict(self.config)}
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        return_hiddens: bool = False,
+        cache: KVCache | LayerIntermediates | None = None,
+        return_attn: bool = False,
+        **kwargs: Any,
+    ) -> Tensor | tuple[Tensor, LayerIntermediates]:
+        """x (b, n, dim) -> (b, n, dim); with return_hiddens, also LayerIntermediates.
+
+        With a ``cache``, x holds only the new positions and ``mask`` only their key mask
+        (the cache remembers the rest).
+        """
+        self._check_kwargs(kwargs)
+        if isinstance(cache, LayerIntermediates):
+            cache = cache.cache
+        b, n = self._check_inputs(x, context, mask, context_mask, attn_mask, cache)
+        key_mask, k_len = mask, n
+        if cache is not None:
+            key_mask = cache.extend_mask(mask, b, n, x.device)
+            k_len = cache.length + n
+        elif return_hiddens and self.causal and attn_mask is None:
+            cache = KVCache()
+            key_mask = cache.extend_mask(mask, b, n, x.device)
+        run = StackRun(
+            self_mask=build_attention_mask(
+                q_len=n,
+                k_len=k_len,
+                causal=self.causal,
+                key_mask=key_mask,
+                attn_mask=attn_mask,
+                device=x.device,
+            ),
+            context=context,
+            cache=cache,
+            collect=return_hiddens or return_attn,
+            return_attn=return_attn,
+        )
+        if self.cross_attend and not (cache is not None and context is None):
+            run.cross_mask = build_attention_mask(
+                q_len=n,
+                k_len=context.shape[1],
+                causal=False,
+                key_mask=context_mask,
+                device=x.device,
+            )
+        for block in self.layers:
+            x = block(x, run)
+        if run.collect:
+            run.layer_hiddens.append(x)
+        x = self.final_norm(x)
+        if cache is not None:
+            cache.advance(n)
+        if not (return_hiddens or return_attn):
+            return x
+        return x, LayerIntermediates(
+            hiddens=run.hiddens,
+            last_hidden=x,
+            attn_intermediates=run.attn_intermediates,
+            layer_hiddens=run.layer_hiddens,
+            cache=cache,
+        )
+
+    def _check_kwargs(self, kwargs: dict[str, Any]) -> None:
+        owner = f"{type(self).__name__}.forward"
+        raise_if_later(owner, kwargs, LATER_FORWARD)
+        if kwargs:
+            valid = ["context", "mask", "context_mask", "attn_mask", "return_hiddens", "cache"]
+            raise unknown_keyword(owner, next(iter(kwargs)), valid)
+
+    def _check_inputs(
+        self,
+        x: Tensor,
+        context: Tensor | None,
+        mask: Tensor | None,
+        context_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        cache: KVCache | None,
+    ) -> tuple[int, int]:
+        check_float_input("x", x, 3, self.dim, "of shape (batch, seq_len, dim)")
+        b, n = x.shape[:2]
+        check_mask("mask", mask, (b, n), "batch, seq_len")
+        if cache is not None:
+            if not self.causal:
+                raise ValueError(
+                    f"cache: only causal stacks (Decoder) can decode with a KV cache; "
+                    f"this {type(self).__name__} is not causal"
+                )
+            if attn_mask is not None:
+                raise ValueError("attn_mask cannot be combined with cache (cached decoding)")
+        k_len = n + (cache.length if cache is not None else 0)
+        check_attn_mask(attn_mask, b, self.heads, n, k_len)
+        if not self.cross_attend:
+            if context is not None:
+                raise ValueError(
+                    f"context was given but this {type(self).__name__} has cross_attend=False"
+                )
+            return b, n
+        cached_cross = cache is not None and cache.length > 0
+        if context is None and not cached_cross:
+            raise ValueError(
+                f"context is required: this {type(self).__name__} has cross_attend=True "
+                "(pass context=(batch, context_len, dim_context))"
+            )
+        if context is not None:
+            dim_context = self.config.cross_attention.dim_context or self.dim
+            check_float_input(
+                "context", context, 3, dim_context, "of shape (batch, context_len, dim_context)"
+            )
+            if context.shape[0] != b:
+                raise ValueError(
+                    f"context must have batch size {b} (as x), got shape {tuple(context.shape)}"
+                )
+            check_mask("context_mask", context_mask, (b, context.shape[1]), "batch, context_len")
+        return b, n
+
+
+class Encoder(AttentionLayers):
+    """Bidirectional stack (BERT-style)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "causal" in kwargs:
+            raise TypeError("Encoder: causal is fixed to False; use Decoder for a causal stack")
+        super().__init__(causal=False, **kwargs)
+
+
+class Decoder(AttentionLayers):
+    """Causal stack (GPT-style)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "causal" in kwargs:
+            raise TypeError("Decoder: causal is fixed to True; use Encoder for a bidirectional stack")
+        super().__init__(causal=True, **kwargs)
+
+
+class PrefixDecoder(AttentionLayers):
+    """Bidirectional over a prefix of `prefix_attn_len` positions, causal after it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "causal" in kwargs:
+            raise TypeError("PrefixDecoder: causality is set by prefix_attn_len on forward")
+        super().__init__(causal=False, **kwargs)
+
+    def forward(
+        self,
+        x: Tensor,
+        *args: Any,
+        attn_mask: Tensor | None = None,
+        prefix_attn_len: int | Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor | tuple[Tensor, LayerIntermediates]:
+        """As AttentionLayers.forward; keys j < prefix_attn_len are visible to every query."""
+        b, n, device = x.shape[0], x.shape[1], x.device
+        prefix_mask = causal_keep_mask(n, n, device)[None, None]
+        if prefix_attn_len is not None:
+            if isinstance(prefix_attn_len, int):
+                if prefix_attn_len < 0:
+                    raise ValueError(f"prefix_attn_len must be >= 0, got {prefix_attn_len}")
+                prefix_attn_len = torch.full((b,), prefix_attn_len, device=device)
+            elif not isinstance(prefix_attn_len, Tensor) or prefix_attn_len.shape != (b,):
+                raise ValueError(
+                    f"prefix_attn_len must be an int or a (batch,) tensor with batch={b}, "
+                    f"got {prefix_attn_len!r}"
+                )
+            in_prefix = torch.arange(n, device=device) < prefix_attn_len.view(b, 1, 1, 1)
+            prefix_mask = prefix_mask | in_prefix
+        if attn_mask is not None:
+            check_attn_mask(attn_mask, b, self.heads, n, n)
+            prefix_mask = prefix_mask & expand_attn_mask(attn_mask)
+        return super().forward(x, *args, attn_mask=prefix_mask, **kwargs)
+
+
+class CrossAttender(AttentionLayers):
+    """Blocks of cross-attention and feedforward only (queries attend to a context)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        for name in ("cross_attend", "only_cross"):
+            if name in kwargs:
+                raise TypeError(f"CrossAttender: {name} is fixed to True")
+        super().__init__(cross_attend=True, only_cross=True, **kwargs)

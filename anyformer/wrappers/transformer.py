@@ -1,0 +1,322 @@
+"""TransformerWrapper: token (+ position) embeddings -> AttentionLayers -> output head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..cache import KVCache
+from ..checks import check_float_input, check_mask, check_token_ids
+from ..config.later import LATER_WRAPPER, raise_if_later
+from ..config.options import to_dict, unknown_keyword
+from ..config.wrapper import WrapperConfig
+from ..intermediates import LayerIntermediates
+from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding, TokenEmbedding
+from ..nn.norms import LayerNorm
+from ..stack.layers import AttentionLayers
+
+__all__ = ["TransformerWrapper"]
+
+_WRAPPER_FIELDS = tuple(WrapperConfig.__dataclass_fields__)
+
+
+def parse_wrapper_config(owner: str, kwargs: dict[str, Any]) -> WrapperConfig:
+    """Check wrapper keyword names (later-milestone ones raise) and build the WrapperConfig."""
+    raise_if_later(owner, kwargs, LATER_WRAPPER)
+    for name in kwargs:
+        if name not in _WRAPPER_FIELDS:
+            raise unknown_keyword(owner, name, [*_WRAPPER_FIELDS, "attn_layers", *LATER_WRAPPER])
+    return WrapperConfig(**kwargs)
+
+
+def _slice_new(value: Any, offset: int) -> Any:
+    """Drop the first `offset` positions of a per-token input (b, n, ...)."""
+    if value is None or offset == 0:
+        return value
+    if isinstance(value, dict):
+        return {k: v[:, offset:] for k, v in value.items()}
+    return value[:, offset:]
+
+
+class TransformerWrapper(nn.Module):
+    """A token model: embeddings, the attention stack and a logits head (x-transformers API)."""
+
+    def __init__(
+        self, *, num_tokens: int, max_seq_len: int, attn_layers: AttentionLayers, **kwargs: Any
+    ) -> None:
+        super().__init__()
+        if not isinstance(attn_layers, AttentionLayers):
+            raise TypeError(
+                "TransformerWrapper: attn_layers must be an AttentionLayers (Encoder, Decoder, ...), "
+                f"got {type(attn_layers).__name__}"
+            )
+        config = parse_wrapper_config(
+            "TransformerWrapper", dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs)
+        )
+        self.config = config
+        dim = attn_layers.dim
+        emb_dim = config.emb_dim or dim
+        logits_dim = config.logits_dim or config.num_tokens
+        if config.tie_embedding and (emb_dim != dim or logits_dim != config.num_tokens):
+            raise ValueError(
+                "TransformerWrapper: tie_embedding=True needs emb_dim == dim and logits_dim == "
+                f"num_tokens, got emb_dim={emb_dim}, dim={dim}, logits_dim={logits_dim}, "
+                f"num_tokens={config.num_tokens}"
+            )
+        self.num_tokens = config.num_tokens
+        self.max_seq_len = config.max_seq_len
+        self.emb_dim = emb_dim
+
+        self.token_emb = TokenEmbedding(emb_dim, config.num_tokens, config.l2norm_embed)
+        self.has_abs_pos_emb = config.has_abs_pos_emb and not attn_layers.disable_abs_pos_emb
+        self.pos_emb: nn.Module | None = None
+        if self.has_abs_pos_emb and config.scaled_sinu_pos_emb:
+            self.pos_emb = ScaledSinusoidalEmbedding(emb_dim)
+        elif self.has_abs_pos_emb:
+            self.pos_emb = AbsolutePositionalEmbedding(emb_dim, config.max_seq_len, config.l2norm_embed)
+        # only the learned table bounds the sequence length
+        self.max_positions = config.max_seq_len if isinstance(self.pos_emb, AbsolutePositionalEmbedding) else None
+        self.embeds = None
+        if config.embed_num_tokens:
+            self.embeds = nn.ModuleDict(
+                {f"{name}_embed": nn.Embedding(n, emb_dim) for name, n in config.embed_num_tokens.items()}
+            )
+        self.post_emb_norm = LayerNorm(emb_dim) if config.post_emb_norm else nn.Identity()
+        self.emb_dropout = nn.Dropout(config.emb_dropout)
+        self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else nn.Identity()
+        self.attn_layers = attn_layers
+        self.to_logits: nn.Module = nn.Identity()
+        if not config.return_only_embed:
+            self.to_logits = nn.Linear(dim, logits_dim, bias=False)
+            if config.tie_embedding:
+                self.to_logits.weight = self.token_emb.emb.weight
+
+    @property
+    def can_cache_kv(self) -> bool:
+        """Whether generate can decode with a KV cache."""
+        return self.attn_layers.can_cache_kv
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved configuration as a plain dict."""
+        return {
+            "class": type(self).__name__,
+            **to_dict(self.config),
+            "attn_layers": self.attn_layers.config_dict(),
+        }
+
+    def forward(
+        self,
+        x: Tensor,
+        return_embeddings: bool = False,
+        return_logits_and_embeddings: bool = False,
+        return_intermediates: bool = False,
+        mask: Tensor | None = None,
+        return_attn: bool = False,
+        pos: Tensor | None = None,
+        prepend_embeds: Tensor | None = None,
+        prepend_mask: Tensor | None = None,
+        embed_ids: dict[str, Tensor] | None = None,
+        sum_embeds: Tensor | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
+        input_not_include_cache: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """x (b, n) token ids -> logits (b, n, logits_dim) (see the return_* flags).
+
+        With ``cache`` (from a previous call's intermediates, or a ``KVCache``), only positions
+        beyond the cached ones are computed: x holds the whole sequence, or only the new tokens
+        when ``input_not_include_cache=True``. Other keywords (context, context_mask, attn_mask,
+        prefix_attn_len) go to the stack.
+        """
+        if isinstance(cache, LayerIntermediates):
+            cache = cache.cache
+        offset = self._token_offset(cache)
+        self._check_inputs(
+            x, mask, pos, prepend_embeds, prepend_mask, embed_ids, sum_embeds, cache,
+            0 if input_not_include_cache else offset,
+        )
+        return self.forward_unchecked(
+            x,
+            return_embeddings=return_embeddings,
+            return_logits_and_embeddings=return_logits_and_embeddings,
+            return_intermediates=return_intermediates,
+            mask=mask,
+            return_attn=return_attn,
+            pos=pos,
+            prepend_embeds=prepend_embeds,
+            prepend_mask=prepend_mask,
+            embed_ids=embed_ids,
+            sum_embeds=sum_embeds,
+            cache=cache,
+            input_not_include_cache=input_not_include_cache,
+            **kwargs,
+        )
+
+    @staticmethod
+    def _token_offset(cache: KVCache | None) -> int:
+        return 0 if cache is None else cache.length - cache.num_prepended
+
+    def forward_unchecked(
+        self,
+        x: Tensor,
+        return_embeddings: bool = False,
+        return_logits_and_embeddings: bool = False,
+        return_intermediates: bool = False,
+        mask: Tensor | None = None,
+        return_attn: bool = False,
+        pos: Tensor | None = None,
+        prepend_embeds: Tensor | None = None,
+        prepend_mask: Tensor | None = None,
+        embed_ids: dict[str, Tensor] | None = None,
+        sum_embeds: Tensor | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
+        input_not_include_cache: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """forward without input validation (no host syncs): for decode loops."""
+        if isinstance(cache, LayerIntermediates):
+            cache = cache.cache
+        offset = self._token_offset(cache)
+        if cache is not None and not input_not_include_cache:
+            x, mask, embed_ids, sum_embeds = (
+                _slice_new(v, offset) for v in (x, mask, embed_ids, sum_embeds)
+            )
+            if pos is not None and pos.ndim == 2:
+                pos = pos[:, offset:]
+            elif pos is not None:
+                pos = pos[offset:]
+        b, n = x.shape
+        h = self.token_emb(x)
+        if self.pos_emb is not None:
+            if pos is None:
+                pos = torch.arange(offset, offset + n, device=x.device)
+            h = h + self.pos_emb(pos)
+        if self.embeds is not None and embed_ids:
+            for name, ids in embed_ids.items():
+                h = h + self.embeds[f"{name}_embed"](ids)
+        if sum_embeds is not None:
+            h = h + sum_embeds
+        h = self.post_emb_norm(h)
+        if prepend_embeds is not None:
+            h, mask = self._prepend(h, mask, prepend_embeds, prepend_mask, cache)
+        if self.config.emb_frac_gradient < 1:
+            frac = self.config.emb_frac_gradient
+            h = h * frac + h.detach() * (1 - frac)
+        h = self.project_emb(self.emb_dropout(h))
+
+        want_inter = return_intermediates or return_attn
+        out = self.attn_layers(
+            h, mask=mask, cache=cache, return_hiddens=return_intermediates, return_attn=return_attn,
+            **kwargs,
+        )
+        h, inter = out if want_inter else (out, None)
+
+        if return_logits_and_embeddings:
+            result: Any = (self.to_logits(h), h)
+        elif return_embeddings:
+            result = h
+        else:
+            result = self.to_logits(h)
+        if return_intermediates:
+            return result, inter
+        if return_attn:
+            return result, [i.post_softmax_attn for i in inter.attn_intermediates]
+        return result
+
+    def _prepend(
+        self,
+        h: Tensor,
+        mask: Tensor | None,
+        prepend_embeds: Tensor,
+        prepend_mask: Tensor | None,
+        cache: KVCache | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        b, p = prepend_embeds.shape[:2]
+        h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
+        if prepend_mask is not None or mask is not None:
+            ones = torch.ones(b, h.shape[1], dtype=torch.bool, device=h.device)
+            prepend_mask = ones[:, :p] if prepend_mask is None else prepend_mask
+            mask = ones[:, p:] if mask is None else mask
+            mask = torch.cat((prepend_mask, mask), dim=1)
+        if cache is not None:
+            cache.num_prepended = p
+        return h, mask
+
+    def _check_inputs(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        pos: Tensor | None,
+        prepend_embeds: Tensor | None,
+        prepend_mask: Tensor | None,
+        embed_ids: dict[str, Tensor] | None,
+        sum_embeds: Tensor | None,
+        cache: KVCache | None,
+        offset: int,
+    ) -> None:
+        check_token_ids("x", x, self.num_tokens)
+        b, n = x.shape
+        if cache is not None and offset >= n:
+            raise ValueError(
+                f"x has {n} positions but the cache already holds {offset}: pass the whole "
+                "sequence including new tokens, or input_not_include_cache=True with only new ones"
+            )
+        check_mask("mask", mask, (b, n), "batch, seq_len")
+        start = offset if cache is None else self._token_offset(cache)
+        if self.max_positions is not None and pos is None:
+            total = start + n - offset
+            if total > self.max_positions:
+                raise ValueError(
+                    f"sequence length {total} exceeds max_seq_len={self.max_positions} of the "
+                    "absolute positional embedding (use a longer max_seq_len, or "
+                    "use_abs_pos_emb=False with relative positions)"
+                )
+        if pos is not None:
+            if not isinstance(pos, Tensor) or pos.dtype != torch.long or pos.shape[-1] != n or pos.ndim not in (1, 2):
+                raise ValueError(
+                    f"pos must be a torch.long tensor of shape ({n},) or ({b}, {n}), got "
+                    f"{tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}"
+                )
+            if self.max_positions is not None and pos.numel():
+                lo, hi = (int(v) for v in torch.aminmax(pos))
+                if lo < 0 or hi >= self.max_positions:
+                    raise ValueError(
+                        f"pos holds position {lo if lo < 0 else hi}, outside [0, "
+                        f"{self.max_positions}) of the absolute positional embedding (max_seq_len)"
+                    )
+        check_float_input(
+            "prepend_embeds", prepend_embeds, 3, self.emb_dim, "of shape (batch, prepend_len, emb_dim)"
+        )
+        if prepend_embeds is not None:
+            if prepend_embeds.shape[0] != b:
+                raise ValueError(
+                    f"prepend_embeds must have batch size {b}, got shape {tuple(prepend_embeds.shape)}"
+                )
+            if cache is not None and cache.length > 0:
+                raise ValueError("prepend_embeds can only be given on the first (uncached) call")
+            check_mask("prepend_mask", prepend_mask, (b, prepend_embeds.shape[1]), "batch, prepend_len")
+        elif prepend_mask is not None:
+            raise ValueError("prepend_mask was given without prepend_embeds")
+        check_float_input("sum_embeds", sum_embeds, 3, self.emb_dim, "of shape (batch, seq_len, emb_dim)")
+        if sum_embeds is not None and tuple(sum_embeds.shape[:2]) != (b, n):
+            raise ValueError(
+                f"sum_embeds must have shape ({b}, {n}, {self.emb_dim}), got {tuple(sum_embeds.shape)}"
+            )
+        self._check_embed_ids(embed_ids, b, n)
+
+    def _check_embed_ids(self, embed_ids: dict[str, Tensor] | None, b: int, n: int) -> None:
+        expected = set(self.config.embed_num_tokens)
+        given = set(embed_ids or {})
+        if given != expected:
+            raise ValueError(
+                f"embed_ids must give ids for exactly the embeddings {sorted(expected)} "
+                f"(embed_num_tokens), got {sorted(given)}"
+            )
+        for name, ids in (embed_ids or {}).items():
+            check_token_ids(f"embed_ids[{name!r}]", ids, self.config.embed_num_tokens[name])
+            if tuple(ids.shape) != (b, n):
+                raise ValueError(
+                    f"embed_ids[{name!r}] must have shape ({b}, {n}), got {tuple(ids.shape)}"
+                )

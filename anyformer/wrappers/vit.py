@@ -1,0 +1,122 @@
+"""ViTransformerWrapper: image patches -> Encoder -> mean pool -> class logits (SimpleViT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config.options import to_dict
+from ..nn.norms import LayerNorm
+from ..stack.layers import AttentionLayers
+
+__all__ = ["ViTransformerWrapper"]
+
+
+class ViTransformerWrapper(nn.Module):
+    """Vision transformer (SimpleViT https://arxiv.org/abs/2205.01580, dual patch norm
+    https://arxiv.org/abs/2302.01327, register tokens https://arxiv.org/abs/2309.16588)."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        attn_layers: AttentionLayers,
+        channels: int = 3,
+        num_classes: int | None = None,
+        post_emb_norm: bool = False,
+        num_register_tokens: int = 0,
+        emb_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(attn_layers, AttentionLayers):
+            raise TypeError(
+                f"ViTransformerWrapper: attn_layers must be an Encoder, got {type(attn_layers).__name__}"
+            )
+        for name, value in (("image_size", image_size), ("patch_size", patch_size), ("channels", channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ViTransformerWrapper: {name} must be an int >= 1, got {value!r}")
+        if image_size % patch_size:
+            raise ValueError(
+                f"ViTransformerWrapper: image_size ({image_size}) must be divisible by "
+                f"patch_size ({patch_size})"
+            )
+        if num_register_tokens < 0:
+            raise ValueError(
+                f"ViTransformerWrapper: num_register_tokens must be >= 0, got {num_register_tokens}"
+            )
+        dim = attn_layers.dim
+        self.image_size, self.patch_size, self.channels = image_size, patch_size, channels
+        num_patches = (image_size // patch_size) ** 2
+        patch_dim = channels * patch_size**2
+        self.pos_embedding = nn.Parameter(torch.randn(1, num_patches, dim) * 0.02)
+        self.register_tokens = (
+            nn.Parameter(torch.randn(num_register_tokens, dim) * 0.02) if num_register_tokens else None
+        )
+        self.patch_to_embedding = nn.Sequential(
+            LayerNorm(patch_dim), nn.Linear(patch_dim, dim), LayerNorm(dim)
+        )
+        self.post_emb_norm = LayerNorm(dim) if post_emb_norm else nn.Identity()
+        self.dropout = nn.Dropout(emb_dropout)
+        self.attn_layers = attn_layers
+        self.mlp_head = nn.Linear(dim, num_classes) if num_classes is not None else None
+        self._config = dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            channels=channels,
+            num_classes=num_classes,
+            post_emb_norm=post_emb_norm,
+            num_register_tokens=num_register_tokens,
+            emb_dropout=emb_dropout,
+        )
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved configuration as a plain dict."""
+        return {"class": type(self).__name__, **to_dict(self._config), "attn_layers": self.attn_layers.config_dict()}
+
+    def patchify(self, img: Tensor) -> Tensor:
+        """(b, c, H, W) -> (b, H/p * W/p, p * p * c)."""
+        b, c, height, width = img.shape
+        p = self.patch_size
+        x = img.reshape(b, c, height // p, p, width // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (height // p) * (width // p), p * p * c)
+
+    def forward(
+        self, img: Tensor, return_embeddings: bool = False, return_logits_and_embeddings: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """img (b, channels, H, W) -> logits (b, num_classes), or patch embeddings (b, n, dim)."""
+        self._check_image(img)
+        if return_embeddings and return_logits_and_embeddings:
+            raise ValueError("pass at most one of return_embeddings and return_logits_and_embeddings")
+        x = self.patch_to_embedding(self.patchify(img))
+        x = x + self.pos_embedding[:, : x.shape[1]]
+        x = self.dropout(self.post_emb_norm(x))
+        n = x.shape[1]
+        if self.register_tokens is not None:
+            registers = self.register_tokens.expand(x.shape[0], -1, -1)
+            x = torch.cat((x, registers), dim=1)
+        embed = self.attn_layers(x)[:, :n]
+        if self.mlp_head is None or return_embeddings:
+            return embed
+        logits = self.mlp_head(embed.mean(dim=1))
+        return (logits, embed) if return_logits_and_embeddings else logits
+
+    def _check_image(self, img: Tensor) -> None:
+        p, size = self.patch_size, self.image_size
+        ok = (
+            isinstance(img, Tensor)
+            and img.is_floating_point()
+            and img.ndim == 4
+            and img.shape[1] == self.channels
+            and img.shape[2] % p == 0
+            and img.shape[3] % p == 0
+            and img.shape[2] * img.shape[3] <= size * size
+        )
+        if not ok:
+            got = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+            raise ValueError(
+                f"img must be a float tensor of shape (batch, {self.channels}, H, W) with H, W "
+                f"multiples of patch_size={p} and H*W <= {size}*{size}, got {got}"
+            )

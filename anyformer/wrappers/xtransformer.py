@@ -1,0 +1,151 @@
+"""XTransformer: an encoder TransformerWrapper and a cross-attending decoder (Vaswani et al.)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config.later import LATER_WRAPPER
+from ..config.options import suggest
+from ..config.stack import stack_keyword_names
+from ..generation.autoregressive import AutoregressiveWrapper
+from ..stack.layers import Decoder, Encoder
+from .transformer import _WRAPPER_FIELDS, TransformerWrapper
+
+__all__ = ["XTransformer"]
+
+_STACK_NAMES = set(stack_keyword_names()) | {"depth", "heads", "pre_norm", "pre_norm_has_final_norm"}
+_NOT_ROUTED = {
+    "dim": "the model width is XTransformer's own `dim`",
+    "attn_layers": "XTransformer builds its own stacks",
+    "causal": "the encoder is bidirectional and the decoder causal",
+    "cross_attend": "the decoder always cross-attends",
+    "only_cross": "the decoder needs self-attention",
+    "return_only_embed": "set by XTransformer",
+}
+
+
+def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split one side's keywords between its TransformerWrapper and its stack."""
+    wrapper, stack = {}, {}
+    for name, value in kwargs.items():
+        full = f"{side}_{name}"
+        if name in _NOT_ROUTED:
+            raise TypeError(f"XTransformer: keyword {full!r} is not accepted: {_NOT_ROUTED[name]}")
+        if name in _WRAPPER_FIELDS or name in LATER_WRAPPER:
+            wrapper[name] = value
+        elif name in _STACK_NAMES:
+            stack[name] = value
+        else:
+            valid = [f"{side}_{n}" for n in (*_WRAPPER_FIELDS, *_STACK_NAMES)]
+            raise TypeError(
+                f"XTransformer got an unexpected keyword argument {full!r}.{suggest(full, valid)}"
+            )
+    for required in ("num_tokens", "max_seq_len"):
+        if required not in wrapper:
+            raise TypeError(f"XTransformer: missing required keyword {side}_{required!r}")
+    return wrapper, stack
+
+
+def _dropout_tokens(enc: Tensor, mask: Tensor | None, prob: float) -> tuple[Tensor, Tensor | None]:
+    """Keep a random subset of ceil((1 - prob) * n) context tokens per row (Perceiver AR)."""
+    b, n, _ = enc.shape
+    keep = max(1, int(round(n * (1 - prob))))
+    scores = torch.rand(b, n, device=enc.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -1.0)
+    index = scores.topk(keep, dim=-1).indices.sort(dim=-1).values
+    enc = enc.gather(1, index.unsqueeze(-1).expand(-1, -1, enc.shape[-1]))
+    return enc, (None if mask is None else mask.gather(1, index))
+
+
+class XTransformer(nn.Module):
+    """Encoder-decoder transformer; ``enc_*`` / ``dec_*`` keywords go to each side."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        tie_token_emb: bool = False,
+        ignore_index: int = -100,
+        pad_value: int = 0,
+        cross_attn_tokens_dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        enc_kwargs = {k[4:]: v for k, v in kwargs.items() if k.startswith("enc_")}
+        dec_kwargs = {k[4:]: v for k, v in kwargs.items() if k.startswith("dec_")}
+        for name in kwargs:
+            if not name.startswith(("enc_", "dec_")):
+                valid = ["dim", "tie_token_emb", "ignore_index", "pad_value", "cross_attn_tokens_dropout"]
+                raise TypeError(
+                    f"XTransformer got an unexpected keyword argument {name!r}: options of one side "
+                    f"take an enc_ or dec_ prefix.{suggest(name, valid)}"
+                )
+        if not 0.0 <= cross_attn_tokens_dropout < 1.0:
+            raise ValueError(
+                f"XTransformer: cross_attn_tokens_dropout must be in [0, 1), got {cross_attn_tokens_dropout}"
+            )
+        enc_wrapper, enc_stack = _route("enc", enc_kwargs)
+        dec_wrapper, dec_stack = _route("dec", dec_kwargs)
+        self.cross_attn_tokens_dropout = cross_attn_tokens_dropout
+        self.encoder = TransformerWrapper(
+            **enc_wrapper, return_only_embed=True, attn_layers=Encoder(dim=dim, **enc_stack)
+        )
+        decoder = TransformerWrapper(
+            **dec_wrapper, attn_layers=Decoder(dim=dim, cross_attend=True, **dec_stack)
+        )
+        if tie_token_emb:
+            if self.encoder.token_emb.emb.weight.shape != decoder.token_emb.emb.weight.shape:
+                raise ValueError(
+                    "XTransformer: tie_token_emb=True needs enc_num_tokens == dec_num_tokens (and "
+                    f"equal embedding widths), got {self.encoder.num_tokens} and {decoder.num_tokens}"
+                )
+            decoder.token_emb = self.encoder.token_emb
+            if decoder.config.tie_embedding:
+                decoder.to_logits.weight = decoder.token_emb.emb.weight
+        self.decoder = AutoregressiveWrapper(decoder, ignore_index=ignore_index, pad_value=pad_value)
+
+    def encode(
+        self,
+        src: Tensor,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        src_prepend_embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """src (b, n) -> encodings (b, [p +] n, dim) and the matching context mask."""
+        enc = self.encoder(src, mask=mask, attn_mask=attn_mask, prepend_embeds=src_prepend_embeds)
+        if src_prepend_embeds is not None and mask is not None:
+            ones = mask.new_ones(mask.shape[0], src_prepend_embeds.shape[1])
+            mask = torch.cat((ones, mask), dim=1)
+        return enc, mask
+
+    def forward(
+        self,
+        src: Tensor,
+        tgt: Tensor,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        src_prepend_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """Next-token cross-entropy of tgt (b, m) given src (b, n)."""
+        enc, mask = self.encode(src, mask, attn_mask, src_prepend_embeds)
+        if self.training and self.cross_attn_tokens_dropout > 0:
+            enc, mask = _dropout_tokens(enc, mask, self.cross_attn_tokens_dropout)
+        return self.decoder(tgt, context=enc, context_mask=mask)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        seq_in: Tensor,
+        seq_out_start: Tensor,
+        seq_len: int,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Encode seq_in once, then generate seq_len tokens after seq_out_start (cached)."""
+        enc, mask = self.encode(seq_in, mask, attn_mask)
+        return self.decoder.generate(seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs)
