@@ -68,6 +68,8 @@ class KVCache:
         self.length = 0
         self.num_prepended = 0
         self.key_mask: Tensor | None = None
+        self.context_mask: Tensor | None = None  # cross-attention: the context's mask
+        self.context_len = 0
         self.layers: list[LayerKVCache] = []
 
     def layer(self, index: int, is_cross: bool) -> LayerKVCache:

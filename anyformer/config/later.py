@@ -120,7 +120,9 @@ LATER_FORWARD: dict[str, str] = {
 }
 
 
-def raise_if_later(owner: str, names: Iterable[str], registry: dict[str, str], prefix: str = "") -> None:
+def raise_if_later(
+    owner: str, names: Iterable[str], registry: dict[str, str], prefix: str = ""
+) -> None:
     """Raise NotImplementedError for the first name that belongs to a later milestone."""
     for name in names:
         if name in registry:

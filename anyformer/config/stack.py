@@ -45,7 +45,9 @@ class StackConfig:
     """The resolved options of an AttentionLayers stack."""
 
     dim: int = option(None, "model width")
-    depth: int = option(None, "number of blocks (each: attention [+ cross-attention] + feedforward)")
+    depth: int = option(
+        None, "number of blocks (each: attention [+ cross-attention] + feedforward)"
+    )
     heads: int = option(8, "number of attention heads")
     causal: bool = option(False, "causal self-attention (Decoder)")
     cross_attend: bool = option(False, "add a cross-attention layer to every block")
@@ -67,9 +69,7 @@ class StackConfig:
         check_fields(self, "AttentionLayers")
         for name in ("dim", "depth", "heads"):
             if getattr(self, name) < 1:
-                raise ValueError(
-                    f"AttentionLayers: {name} must be >= 1, got {getattr(self, name)}"
-                )
+                raise ValueError(f"AttentionLayers: {name} must be >= 1, got {getattr(self, name)}")
         if self.only_cross and not self.cross_attend:
             raise ValueError("AttentionLayers: only_cross=True needs cross_attend=True")
 
@@ -121,7 +121,9 @@ def _build(cls: type, owner: str, prefix: str, kwargs: dict[str, Any], base: Any
     return cls(**kwargs)
 
 
-def parse_stack_config(owner: str, stack_args: dict[str, Any], kwargs: dict[str, Any]) -> StackConfig:
+def parse_stack_config(
+    owner: str, stack_args: dict[str, Any], kwargs: dict[str, Any]
+) -> StackConfig:
     """Split prefixed keywords, check every name, and build the frozen StackConfig."""
     groups: dict[str, dict[str, Any]] = {p: {} for p in _PREFIXES}
     stack_level: dict[str, Any] = {}

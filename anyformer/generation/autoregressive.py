@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,9 +34,13 @@ def _prepare_prompts(
     """-> (b, n) prompts left-aligned and right-padded, their lengths (None if all full), squeeze."""
     if isinstance(prompts, (list, tuple)):
         if prompt_lens is not None:
-            raise ValueError("prompt_lens must not be given with a list of prompts (lengths are known)")
+            raise ValueError(
+                "prompt_lens must not be given with a list of prompts (lengths are known)"
+            )
         if not prompts or not all(isinstance(p, Tensor) and p.ndim == 1 for p in prompts):
-            raise ValueError("prompts given as a list must be a non-empty list of 1-D token tensors")
+            raise ValueError(
+                "prompts given as a list must be a non-empty list of 1-D token tensors"
+            )
         lens = torch.tensor([len(p) for p in prompts], device=prompts[0].device)
         if int(lens.min()) < 1:
             raise ValueError("every prompt must hold at least one token")
@@ -44,7 +49,9 @@ def _prepare_prompts(
             padded[i, : len(p)] = p
         prompts, prompt_lens = padded, lens
     if not isinstance(prompts, Tensor):
-        raise TypeError(f"prompts must be a tensor or a list of 1-D tensors, got {type(prompts).__name__}")
+        raise TypeError(
+            f"prompts must be a tensor or a list of 1-D tensors, got {type(prompts).__name__}"
+        )
     squeeze = prompts.ndim == 1
     if squeeze:
         prompts = prompts.unsqueeze(0)
@@ -59,7 +66,9 @@ def _prepare_prompts(
         raise ValueError(f"prompt_lens must be a ({b},) integer tensor, got {prompt_lens!r}")
     lo, hi = (int(v) for v in torch.aminmax(prompt_lens))
     if lo < 1 or hi > n:
-        raise ValueError(f"prompt_lens must lie in [1, {n}] (the prompt width), got values in [{lo}, {hi}]")
+        raise ValueError(
+            f"prompt_lens must lie in [1, {n}] (the prompt width), got values in [{lo}, {hi}]"
+        )
     if lo == n:
         return prompts, None, squeeze
     return prompts, prompt_lens.to(prompts.device).long(), squeeze
@@ -68,7 +77,9 @@ def _prepare_prompts(
 class AutoregressiveWrapper(nn.Module):
     """Wraps a causal token model: ``forward`` gives the next-token loss, ``generate`` samples."""
 
-    def __init__(self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__()
         if kwargs:
             valid = ["net", "ignore_index", "pad_value"]
@@ -92,7 +103,9 @@ class AutoregressiveWrapper(nn.Module):
         """
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be a (batch, seq_len + 1) token tensor with seq_len >= 1, got {got}")
+            raise ValueError(
+                f"x must be a (batch, seq_len + 1) token tensor with seq_len >= 1, got {got}"
+            )
         inp, target = x[:, :-1], x[:, 1:]
         inp = inp.masked_fill(inp == self.ignore_index, self.pad_value)
         if mask is not None:
@@ -102,7 +115,9 @@ class AutoregressiveWrapper(nn.Module):
         logits = self.net(inp, prepend_embeds=prepend_embeds, mask=mask, **kwargs)
         if prepend_embeds is not None:
             logits = logits[:, prepend_embeds.shape[1] :]
-        loss = F.cross_entropy(logits.transpose(1, 2).float(), target, ignore_index=self.ignore_index)
+        loss = F.cross_entropy(
+            logits.transpose(1, 2).float(), target, ignore_index=self.ignore_index
+        )
         return (loss, logits) if return_outputs else loss
 
     @staticmethod
@@ -149,14 +164,24 @@ class AutoregressiveWrapper(nn.Module):
         if num_tokens is not None:
             check_token_ids("prompts", prompts, num_tokens)
             if not 0 <= self.pad_value < num_tokens:
-                raise ValueError(f"pad_value must be a token id in [0, {num_tokens}), got {self.pad_value}")
+                raise ValueError(
+                    f"pad_value must be a token id in [0, {num_tokens}), got {self.pad_value}"
+                )
         filter_fn = resolve_filter(filter_logits_fn)
         filter_kwargs = dict(filter_kwargs or {})
-        cache_kv = self._resolve_cache(cache_kv, prompts.shape[1] + seq_len, restrict_to_max_seq_len)
+        cache_kv = self._resolve_cache(
+            cache_kv, prompts.shape[1] + seq_len, restrict_to_max_seq_len
+        )
         was_training = net.training
         net.eval()
         try:
-            pick = lambda logits: self._pick(logits, temperature, filter_fn, filter_kwargs, generator)  # noqa: E731
+            pick = partial(
+                self._pick,
+                temperature=temperature,
+                filter_fn=filter_fn,
+                filter_kwargs=filter_kwargs,
+                generator=generator,
+            )
             run = self._generate_cached if cache_kv else self._generate_uncached
             out = run(prompts, lens, seq_len, eos_token, pick, restrict_to_max_seq_len, kwargs)
         finally:
@@ -168,10 +193,17 @@ class AutoregressiveWrapper(nn.Module):
     def _resolve_cache(self, cache_kv: bool, total: int, restrict: bool) -> bool:
         net = self.net
         if cache_kv and not getattr(net, "can_cache_kv", False):
-            warn_once(f"generate(cache_kv=True): {type(net).__name__} cannot cache keys/values; decoding without a cache")
+            warn_once(
+                f"generate(cache_kv=True): {type(net).__name__} cannot cache keys/values; decoding without a cache"
+            )
             return False
         window = self.max_seq_len if restrict and self.max_seq_len > 0 else None
-        if cache_kv and window is not None and total > window and getattr(net, "has_abs_pos_emb", False):
+        if (
+            cache_kv
+            and window is not None
+            and total > window
+            and getattr(net, "has_abs_pos_emb", False)
+        ):
             warn_once(
                 "generate(cache_kv=True): prompt + seq_len exceeds max_seq_len with absolute positional "
                 "embeddings, so the window slides and positions shift; decoding without a cache"
@@ -193,7 +225,9 @@ class AutoregressiveWrapper(nn.Module):
         cache = KVCache(capacity=p + n + seq_len)
         rows = torch.arange(b, device=prompts.device)
         mask = None if lens is None else torch.arange(n, device=prompts.device) < lens[:, None]
-        logits = forward(prompts, mask=mask, cache=cache, input_not_include_cache=True, **prepend, **kwargs)
+        logits = forward(
+            prompts, mask=mask, cache=cache, input_not_include_cache=True, **prepend, **kwargs
+        )
         last = logits[:, -1] if lens is None else logits[rows, p + lens - 1]
         done = torch.zeros(b, dtype=torch.bool, device=prompts.device)
         for t in range(seq_len):
@@ -207,11 +241,15 @@ class AutoregressiveWrapper(nn.Module):
             if window is not None and n + t + 1 > window:
                 cache.forget_before(p + n + t + 1 - window, b, prompts.device)
             pos = None if lens is None else (lens + t)[:, None]
-            logits = forward(token[:, None], pos=pos, cache=cache, input_not_include_cache=True, **kwargs)
+            logits = forward(
+                token[:, None], pos=pos, cache=cache, input_not_include_cache=True, **kwargs
+            )
             last = logits[:, -1]
         return out[:, n:]
 
-    def _generate_uncached(self, prompts, lens, seq_len, eos_token, pick, restrict, kwargs) -> Tensor:
+    def _generate_uncached(
+        self, prompts, lens, seq_len, eos_token, pick, restrict, kwargs
+    ) -> Tensor:
         b, n = prompts.shape
         device = prompts.device
         forward = self._forward()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..cache import LayerKVCache
@@ -93,7 +92,9 @@ class Attention(nn.Module):
         inner = heads * config.dim_head
         dim_context = config.dim_context or dim
         self.qkv = FusedQKV(dim, inner) if dim_context == dim else SplitQKV(dim, dim_context, inner)
-        self.attend = Attend(flash=config.flash, dropout=config.dropout, scale=config.dim_head**-0.5)
+        self.attend = Attend(
+            flash=config.flash, dropout=config.dropout, scale=config.dim_head**-0.5
+        )
         self.to_out = nn.Linear(inner, dim, bias=False)
         if config.zero_init_output:
             nn.init.zeros_(self.to_out.weight)

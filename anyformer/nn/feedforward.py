@@ -11,7 +11,7 @@ from ..config.feedforward import FeedForwardConfig
 from ..config.options import unknown_keyword
 from .norms import LayerNorm
 
-__all__ = ["FeedForward", "GLU", "ReluSquared"]
+__all__ = ["GLU", "FeedForward", "ReluSquared"]
 
 
 class ReluSquared(nn.Module):

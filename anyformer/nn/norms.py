@@ -7,7 +7,7 @@ from torch import nn
 __all__ = ["LayerNorm", "build_norm"]
 
 
-def LayerNorm(dim: int) -> nn.LayerNorm:  # noqa: N802 - reads as a class at call sites
+def LayerNorm(dim: int) -> nn.LayerNorm:
     """Bias-less LayerNorm (a learned gain only), the seed design's default norm."""
     return nn.LayerNorm(dim, bias=False)
 

@@ -15,7 +15,7 @@ from ..config.stack import StackConfig, parse_stack_config
 from ..intermediates import LayerIntermediates
 from ..nn.attention import Attention
 from ..nn.feedforward import FeedForward
-from ..nn.masks import build_attention_mask, causal_keep_mask, expand_attn_mask
+from ..nn.masks import AttentionMask, build_attention_mask, causal_keep_mask, expand_attn_mask
 from ..nn.norms import build_norm
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
 
@@ -131,14 +131,8 @@ class AttentionLayers(nn.Module):
             collect=return_hiddens or return_attn,
             return_attn=return_attn,
         )
-        if self.cross_attend and not (cache is not None and context is None):
-            run.cross_mask = build_attention_mask(
-                q_len=n,
-                k_len=context.shape[1],
-                causal=False,
-                key_mask=context_mask,
-                device=x.device,
-            )
+        if self.cross_attend:
+            run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
         for block in self.layers:
             x = block(x, run)
         if run.collect:
@@ -154,6 +148,25 @@ class AttentionLayers(nn.Module):
             attn_intermediates=run.attn_intermediates,
             layer_hiddens=run.layer_hiddens,
             cache=cache,
+        )
+
+    @staticmethod
+    def _cross_mask(
+        n: int,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        cache: KVCache | None,
+        device: torch.device,
+    ) -> AttentionMask:
+        """Cross-attention mask; a cache keeps the context's mask from its first call."""
+        if cache is not None and cache.length > 0:
+            context_mask, m = cache.context_mask, cache.context_len
+        else:
+            m = context.shape[1]
+            if cache is not None:
+                cache.context_mask, cache.context_len = context_mask, m
+        return build_attention_mask(
+            q_len=n, k_len=m, causal=False, key_mask=context_mask, device=device
         )
 
     def _check_kwargs(self, kwargs: dict[str, Any]) -> None:
@@ -224,7 +237,9 @@ class Decoder(AttentionLayers):
 
     def __init__(self, **kwargs: Any) -> None:
         if "causal" in kwargs:
-            raise TypeError("Decoder: causal is fixed to True; use Encoder for a bidirectional stack")
+            raise TypeError(
+                "Decoder: causal is fixed to True; use Encoder for a bidirectional stack"
+            )
         super().__init__(causal=True, **kwargs)
 
 

@@ -75,13 +75,20 @@ class TransformerWrapper(nn.Module):
         if self.has_abs_pos_emb and config.scaled_sinu_pos_emb:
             self.pos_emb = ScaledSinusoidalEmbedding(emb_dim)
         elif self.has_abs_pos_emb:
-            self.pos_emb = AbsolutePositionalEmbedding(emb_dim, config.max_seq_len, config.l2norm_embed)
+            self.pos_emb = AbsolutePositionalEmbedding(
+                emb_dim, config.max_seq_len, config.l2norm_embed
+            )
         # only the learned table bounds the sequence length
-        self.max_positions = config.max_seq_len if isinstance(self.pos_emb, AbsolutePositionalEmbedding) else None
+        self.max_positions = (
+            config.max_seq_len if isinstance(self.pos_emb, AbsolutePositionalEmbedding) else None
+        )
         self.embeds = None
         if config.embed_num_tokens:
             self.embeds = nn.ModuleDict(
-                {f"{name}_embed": nn.Embedding(n, emb_dim) for name, n in config.embed_num_tokens.items()}
+                {
+                    f"{name}_embed": nn.Embedding(n, emb_dim)
+                    for name, n in config.embed_num_tokens.items()
+                }
             )
         self.post_emb_norm = LayerNorm(emb_dim) if config.post_emb_norm else nn.Identity()
         self.emb_dropout = nn.Dropout(config.emb_dropout)
@@ -134,7 +141,14 @@ class TransformerWrapper(nn.Module):
             cache = cache.cache
         offset = self._token_offset(cache)
         self._check_inputs(
-            x, mask, pos, prepend_embeds, prepend_mask, embed_ids, sum_embeds, cache,
+            x,
+            mask,
+            pos,
+            prepend_embeds,
+            prepend_mask,
+            embed_ids,
+            sum_embeds,
+            cache,
             0 if input_not_include_cache else offset,
         )
         return self.forward_unchecked(
@@ -187,7 +201,7 @@ class TransformerWrapper(nn.Module):
                 pos = pos[:, offset:]
             elif pos is not None:
                 pos = pos[offset:]
-        b, n = x.shape
+        n = x.shape[1]
         h = self.token_emb(x)
         if self.pos_emb is not None:
             if pos is None:
@@ -208,7 +222,11 @@ class TransformerWrapper(nn.Module):
 
         want_inter = return_intermediates or return_attn
         out = self.attn_layers(
-            h, mask=mask, cache=cache, return_hiddens=return_intermediates, return_attn=return_attn,
+            h,
+            mask=mask,
+            cache=cache,
+            return_hiddens=return_intermediates,
+            return_attn=return_attn,
             **kwargs,
         )
         h, inter = out if want_inter else (out, None)
@@ -274,7 +292,12 @@ class TransformerWrapper(nn.Module):
                     "use_abs_pos_emb=False with relative positions)"
                 )
         if pos is not None:
-            if not isinstance(pos, Tensor) or pos.dtype != torch.long or pos.shape[-1] != n or pos.ndim not in (1, 2):
+            if (
+                not isinstance(pos, Tensor)
+                or pos.dtype != torch.long
+                or pos.shape[-1] != n
+                or pos.ndim not in (1, 2)
+            ):
                 raise ValueError(
                     f"pos must be a torch.long tensor of shape ({n},) or ({b}, {n}), got "
                     f"{tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}"
@@ -287,7 +310,11 @@ class TransformerWrapper(nn.Module):
                         f"{self.max_positions}) of the absolute positional embedding (max_seq_len)"
                     )
         check_float_input(
-            "prepend_embeds", prepend_embeds, 3, self.emb_dim, "of shape (batch, prepend_len, emb_dim)"
+            "prepend_embeds",
+            prepend_embeds,
+            3,
+            self.emb_dim,
+            "of shape (batch, prepend_len, emb_dim)",
         )
         if prepend_embeds is not None:
             if prepend_embeds.shape[0] != b:
@@ -296,10 +323,14 @@ class TransformerWrapper(nn.Module):
                 )
             if cache is not None and cache.length > 0:
                 raise ValueError("prepend_embeds can only be given on the first (uncached) call")
-            check_mask("prepend_mask", prepend_mask, (b, prepend_embeds.shape[1]), "batch, prepend_len")
+            check_mask(
+                "prepend_mask", prepend_mask, (b, prepend_embeds.shape[1]), "batch, prepend_len"
+            )
         elif prepend_mask is not None:
             raise ValueError("prepend_mask was given without prepend_embeds")
-        check_float_input("sum_embeds", sum_embeds, 3, self.emb_dim, "of shape (batch, seq_len, emb_dim)")
+        check_float_input(
+            "sum_embeds", sum_embeds, 3, self.emb_dim, "of shape (batch, seq_len, emb_dim)"
+        )
         if sum_embeds is not None and tuple(sum_embeds.shape[:2]) != (b, n):
             raise ValueError(
                 f"sum_embeds must have shape ({b}, {n}, {self.emb_dim}), got {tuple(sum_embeds.shape)}"

@@ -35,7 +35,11 @@ class ViTransformerWrapper(nn.Module):
             raise TypeError(
                 f"ViTransformerWrapper: attn_layers must be an Encoder, got {type(attn_layers).__name__}"
             )
-        for name, value in (("image_size", image_size), ("patch_size", patch_size), ("channels", channels)):
+        for name, value in (
+            ("image_size", image_size),
+            ("patch_size", patch_size),
+            ("channels", channels),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ViTransformerWrapper: {name} must be an int >= 1, got {value!r}")
         if image_size % patch_size:
@@ -53,7 +57,9 @@ class ViTransformerWrapper(nn.Module):
         patch_dim = channels * patch_size**2
         self.pos_embedding = nn.Parameter(torch.randn(1, num_patches, dim) * 0.02)
         self.register_tokens = (
-            nn.Parameter(torch.randn(num_register_tokens, dim) * 0.02) if num_register_tokens else None
+            nn.Parameter(torch.randn(num_register_tokens, dim) * 0.02)
+            if num_register_tokens
+            else None
         )
         self.patch_to_embedding = nn.Sequential(
             LayerNorm(patch_dim), nn.Linear(patch_dim, dim), LayerNorm(dim)
@@ -74,7 +80,11 @@ class ViTransformerWrapper(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved configuration as a plain dict."""
-        return {"class": type(self).__name__, **to_dict(self._config), "attn_layers": self.attn_layers.config_dict()}
+        return {
+            "class": type(self).__name__,
+            **to_dict(self._config),
+            "attn_layers": self.attn_layers.config_dict(),
+        }
 
     def patchify(self, img: Tensor) -> Tensor:
         """(b, c, H, W) -> (b, H/p * W/p, p * p * c)."""
@@ -84,12 +94,17 @@ class ViTransformerWrapper(nn.Module):
         return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (height // p) * (width // p), p * p * c)
 
     def forward(
-        self, img: Tensor, return_embeddings: bool = False, return_logits_and_embeddings: bool = False
+        self,
+        img: Tensor,
+        return_embeddings: bool = False,
+        return_logits_and_embeddings: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """img (b, channels, H, W) -> logits (b, num_classes), or patch embeddings (b, n, dim)."""
         self._check_image(img)
         if return_embeddings and return_logits_and_embeddings:
-            raise ValueError("pass at most one of return_embeddings and return_logits_and_embeddings")
+            raise ValueError(
+                "pass at most one of return_embeddings and return_logits_and_embeddings"
+            )
         x = self.patch_to_embedding(self.patchify(img))
         x = x + self.pos_embedding[:, : x.shape[1]]
         x = self.dropout(self.post_emb_norm(x))

@@ -16,7 +16,12 @@ from .transformer import _WRAPPER_FIELDS, TransformerWrapper
 
 __all__ = ["XTransformer"]
 
-_STACK_NAMES = set(stack_keyword_names()) | {"depth", "heads", "pre_norm", "pre_norm_has_final_norm"}
+_STACK_NAMES = set(stack_keyword_names()) | {
+    "depth",
+    "heads",
+    "pre_norm",
+    "pre_norm_has_final_norm",
+}
 _NOT_ROUTED = {
     "dim": "the model width is XTransformer's own `dim`",
     "attn_layers": "XTransformer builds its own stacks",
@@ -52,7 +57,7 @@ def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 def _dropout_tokens(enc: Tensor, mask: Tensor | None, prob: float) -> tuple[Tensor, Tensor | None]:
     """Keep a random subset of ceil((1 - prob) * n) context tokens per row (Perceiver AR)."""
     b, n, _ = enc.shape
-    keep = max(1, int(round(n * (1 - prob))))
+    keep = max(1, round(n * (1 - prob)))
     scores = torch.rand(b, n, device=enc.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, -1.0)
@@ -79,7 +84,13 @@ class XTransformer(nn.Module):
         dec_kwargs = {k[4:]: v for k, v in kwargs.items() if k.startswith("dec_")}
         for name in kwargs:
             if not name.startswith(("enc_", "dec_")):
-                valid = ["dim", "tie_token_emb", "ignore_index", "pad_value", "cross_attn_tokens_dropout"]
+                valid = [
+                    "dim",
+                    "tie_token_emb",
+                    "ignore_index",
+                    "pad_value",
+                    "cross_attn_tokens_dropout",
+                ]
                 raise TypeError(
                     f"XTransformer got an unexpected keyword argument {name!r}: options of one side "
                     f"take an enc_ or dec_ prefix.{suggest(name, valid)}"
@@ -106,7 +117,9 @@ class XTransformer(nn.Module):
             decoder.token_emb = self.encoder.token_emb
             if decoder.config.tie_embedding:
                 decoder.to_logits.weight = decoder.token_emb.emb.weight
-        self.decoder = AutoregressiveWrapper(decoder, ignore_index=ignore_index, pad_value=pad_value)
+        self.decoder = AutoregressiveWrapper(
+            decoder, ignore_index=ignore_index, pad_value=pad_value
+        )
 
     def encode(
         self,
@@ -148,4 +161,6 @@ class XTransformer(nn.Module):
     ) -> Tensor:
         """Encode seq_in once, then generate seq_len tokens after seq_out_start (cached)."""
         enc, mask = self.encode(seq_in, mask, attn_mask)
-        return self.decoder.generate(seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs)
+        return self.decoder.generate(
+            seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs
+        )
