@@ -19,7 +19,9 @@ def check_mask(name: str, mask: Tensor | None, shape: Sequence[int], what: str) 
     if mask is None:
         return
     if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a torch.bool tensor of shape {tuple(shape)} ({what}), got {type(mask).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.bool tensor of shape {tuple(shape)} ({what}), got {type(mask).__name__}"
+        )
     if mask.dtype != torch.bool or _shape(mask) != tuple(shape):
         raise ValueError(
             f"{name} must be a torch.bool tensor of shape {tuple(shape)} ({what}), "
@@ -27,13 +29,17 @@ def check_mask(name: str, mask: Tensor | None, shape: Sequence[int], what: str) 
         )
 
 
-def check_attn_mask(attn_mask: Tensor | None, batch: int, heads: int, q_len: int, k_len: int) -> None:
+def check_attn_mask(
+    attn_mask: Tensor | None, batch: int, heads: int, q_len: int, k_len: int
+) -> None:
     """attn_mask: bool (i, j), (h, i, j) or (b, h, i, j); 1-sized b/h broadcast."""
     if attn_mask is None:
         return
     expected = "(i, j), (h, i, j) or (b, h, i, j)"
     if not isinstance(attn_mask, Tensor):
-        raise TypeError(f"attn_mask must be a torch.bool tensor of shape {expected}, got {type(attn_mask).__name__}")
+        raise TypeError(
+            f"attn_mask must be a torch.bool tensor of shape {expected}, got {type(attn_mask).__name__}"
+        )
     shape = _shape(attn_mask)
     ok = attn_mask.dtype == torch.bool and 2 <= attn_mask.ndim <= 4 and shape[-2:] == (q_len, k_len)
     if ok and attn_mask.ndim >= 3:
