@@ -23,7 +23,7 @@ import torch
 
 from anyformer.data.corpus import VOCAB_SIZE, decode, get_batch, load_splits
 
-__all__ = ["build_parser", "build_model", "evaluate_bpb", "main"]
+__all__ = ["build_model", "build_parser", "evaluate_bpb", "main"]
 
 LN2 = math.log(2.0)
 
@@ -130,6 +130,15 @@ def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def _prompt_from(val: torch.Tensor, length: int) -> torch.Tensor:
+    """Return ``length`` bytes of ``val`` starting at its first line start (long tensor)."""
+    head = val[:4096]
+    newlines = (head == ord("\n")).nonzero()
+    start = int(newlines[0]) + 1 if len(newlines) else 0
+    start = min(start, max(0, len(val) - length))
+    return val[start : start + length].long()
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, evaluate and sample; print a report and return the measured numbers."""
     parser = build_parser()
@@ -213,9 +222,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     first_bpb, last_bpb = history[0][1], history[-1][1]
     print(f"val bpb: {first_bpb:.2f} -> {last_bpb:.2f} (drop {first_bpb - last_bpb:.2f})")
 
-    # Sample from a prompt taken from the start of the validation split.
+    # Sample from a prompt taken from the validation split: the first whole lines of it.
     model.eval()
-    prompt = val[: min(args.prompt_len, args.seq_len, len(val))].long()
+    prompt = _prompt_from(val, min(args.prompt_len, args.seq_len))
     sample_tokens: list[int] = []
     if args.sample_len > 0:
         torch.manual_seed(args.seed)

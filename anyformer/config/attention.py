@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import check_fields, option
+from .options import check_fields, current_prefix, option
 
 __all__ = ["AttentionConfig"]
 
@@ -29,10 +29,11 @@ class AttentionConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "Attention", "attn_")
+        p = current_prefix("attn_")
+        check_fields(self, "Attention", p)
         if self.dim_head < 1:
-            raise ValueError(f"Attention: attn_dim_head must be >= 1, got {self.dim_head}")
+            raise ValueError(f"Attention: {p}dim_head must be >= 1, got {self.dim_head}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Attention: attn_dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"Attention: {p}dropout must be in [0, 1), got {self.dropout}")
         if self.dim_context is not None and self.dim_context < 1:
-            raise ValueError(f"Attention: dim_context must be >= 1, got {self.dim_context}")
+            raise ValueError(f"Attention: {p}dim_context must be >= 1, got {self.dim_context}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import check_fields, option
+from .options import check_fields, current_prefix, option
 
 __all__ = ["FeedForwardConfig"]
 
@@ -32,15 +32,16 @@ class FeedForwardConfig:
     zero_init_output: bool = option(False, "zero-initialise the output projection")
 
     def __post_init__(self) -> None:
-        check_fields(self, "FeedForward", "ff_")
+        p = current_prefix("ff_")
+        check_fields(self, "FeedForward", p)
         if self.mult <= 0:
-            raise ValueError(f"FeedForward: ff_mult must be > 0, got {self.mult}")
+            raise ValueError(f"FeedForward: {p}mult must be > 0, got {self.mult}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"FeedForward: ff_dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"FeedForward: {p}dropout must be in [0, 1), got {self.dropout}")
         if self.relu_squared and self.swish:
             raise ValueError(
-                "FeedForward: ff_relu_squared=True and ff_swish=True both choose the activation; "
+                f"FeedForward: {p}relu_squared=True and {p}swish=True both choose the activation; "
                 "set only one"
             )
         if self.glu_mult_bias and not self.glu:
-            raise ValueError("FeedForward: ff_glu_mult_bias=True needs ff_glu=True")
+            raise ValueError(f"FeedForward: {p}glu_mult_bias=True needs {p}glu=True")

@@ -127,6 +127,6 @@ def raise_if_later(
     for name in names:
         if name in registry:
             raise NotImplementedError(
-                f"{owner}: keyword {prefix}{name!r} belongs to {registry[name]} and is not "
+                f"{owner}: keyword {prefix + name!r} belongs to {registry[name]} and is not "
                 "implemented yet in this release of anyformer"
             )

@@ -6,17 +6,40 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 __all__ = [
     "check_fields",
+    "current_prefix",
+    "keyword_prefix",
     "option",
     "option_docs",
     "suggest",
     "to_dict",
     "unknown_keyword",
 ]
+
+
+_PREFIX: ContextVar[str | None] = ContextVar("anyformer_keyword_prefix", default=None)
+
+
+@contextmanager
+def keyword_prefix(prefix: str) -> Iterator[None]:
+    """Within this block, config errors name keywords with `prefix` (e.g. 'cross_attn_')."""
+    token = _PREFIX.set(prefix)
+    try:
+        yield
+    finally:
+        _PREFIX.reset(token)
+
+
+def current_prefix(default: str) -> str:
+    """The keyword prefix set by keyword_prefix(), else `default`."""
+    prefix = _PREFIX.get()
+    return default if prefix is None else prefix
 
 
 def option(default: Any, doc: str, paper: str | None = None) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 from .attention import AttentionConfig
 from .feedforward import FeedForwardConfig
 from .later import LATER_ATTENTION, LATER_STACK, raise_if_later
-from .options import check_fields, option, unknown_keyword
+from .options import check_fields, keyword_prefix, option, unknown_keyword
 
 __all__ = ["StackConfig", "parse_stack_config", "stack_keyword_names"]
 
@@ -111,20 +111,22 @@ def _build(cls: type, owner: str, prefix: str, kwargs: dict[str, Any], base: Any
     for name in kwargs:
         reason = _RESERVED.get(prefix, {}).get(name)
         if reason:
-            raise TypeError(f"{owner}: keyword {prefix}{name!r} is not accepted: {reason}")
+            raise TypeError(f"{owner}: keyword {prefix + name!r} is not accepted: {reason}")
     raise_if_later(owner, kwargs, LATER_ATTENTION if "attn" in prefix else {}, prefix)
     for name in kwargs:
         if name not in names:
             raise unknown_keyword(owner, prefix + name, _valid_names())
-    if base is not None:
-        return dataclasses.replace(base, **kwargs)
-    return cls(**kwargs)
+    with keyword_prefix(prefix):
+        if base is not None:
+            return dataclasses.replace(base, **kwargs)
+        return cls(**kwargs)
 
 
 def parse_stack_config(
     owner: str, stack_args: dict[str, Any], kwargs: dict[str, Any]
 ) -> StackConfig:
     """Split prefixed keywords, check every name, and build the frozen StackConfig."""
+    raise_if_later(owner, kwargs, LATER_STACK)  # before prefix routing: cross_attn_tokens_dropout
     groups: dict[str, dict[str, Any]] = {p: {} for p in _PREFIXES}
     stack_level: dict[str, Any] = {}
     for key, value in kwargs.items():
@@ -134,7 +136,6 @@ def parse_stack_config(
         else:
             groups[prefix][key[len(prefix) :]] = value
 
-    raise_if_later(owner, stack_level, LATER_STACK)
     allowed = {"disable_abs_pos_emb"}
     for key in stack_level:
         if key not in allowed:

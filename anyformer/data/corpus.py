@@ -97,7 +97,7 @@ def load_splits(
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     corpus = build_corpus(max_bytes)
-    n_val = int(round(len(corpus) * val_fraction))
+    n_val = round(len(corpus) * val_fraction)
     if n_val < 1 or n_val >= len(corpus):
         raise ValueError(
             f"val_fraction={val_fraction!r} with max_bytes={max_bytes!r} leaves an empty "
@@ -122,9 +122,7 @@ def get_batch(
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     if seq_len + 1 > data.numel():
-        raise ValueError(
-            f"seq_len + 1 = {seq_len + 1} exceeds the length of data ({data.numel()})"
-        )
+        raise ValueError(f"seq_len + 1 = {seq_len + 1} exceeds the length of data ({data.numel()})")
     num_starts = data.numel() - seq_len
     starts = torch.randint(num_starts, (batch_size,), generator=generator)
     offsets = torch.arange(seq_len + 1)

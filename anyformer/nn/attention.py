@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..cache import LayerKVCache
 from ..config.attention import AttentionConfig
 from ..config.later import LATER_ATTENTION, raise_if_later
-from ..config.options import unknown_keyword
+from ..config.options import keyword_prefix, unknown_keyword
 from .attend import Attend, Intermediates
 from .masks import AttentionMask, build_attention_mask
 
@@ -68,7 +68,8 @@ def _parse_config(config: AttentionConfig | None, kwargs: dict[str, Any]) -> Att
     for name in kwargs:
         if name not in valid:
             raise unknown_keyword("Attention", name, [*valid, "heads", "causal"])
-    return AttentionConfig(**kwargs)
+    with keyword_prefix(""):
+        return AttentionConfig(**kwargs)
 
 
 class Attention(nn.Module):

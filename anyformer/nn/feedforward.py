@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config.feedforward import FeedForwardConfig
-from ..config.options import unknown_keyword
+from ..config.options import keyword_prefix, unknown_keyword
 from .norms import LayerNorm
 
 __all__ = ["GLU", "FeedForward", "ReluSquared"]
@@ -60,7 +60,8 @@ class FeedForward(nn.Module):
             for name in kwargs:
                 if name not in valid:
                     raise unknown_keyword("FeedForward", name, valid)
-            config = FeedForwardConfig(**kwargs)
+            with keyword_prefix(""):
+                config = FeedForwardConfig(**kwargs)
         elif kwargs:
             raise TypeError("FeedForward: pass either config= or keyword options, not both")
         self.config = config

@@ -50,7 +50,7 @@ def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
             )
     for required in ("num_tokens", "max_seq_len"):
         if required not in wrapper:
-            raise TypeError(f"XTransformer: missing required keyword {side}_{required!r}")
+            raise TypeError(f"XTransformer: missing required keyword {side + '_' + required!r}")
     return wrapper, stack
 
 
@@ -102,6 +102,13 @@ class XTransformer(nn.Module):
         enc_wrapper, enc_stack = _route("enc", enc_kwargs)
         dec_wrapper, dec_stack = _route("dec", dec_kwargs)
         self.cross_attn_tokens_dropout = cross_attn_tokens_dropout
+        self._config = dict(
+            dim=dim,
+            tie_token_emb=tie_token_emb,
+            ignore_index=ignore_index,
+            pad_value=pad_value,
+            cross_attn_tokens_dropout=cross_attn_tokens_dropout,
+        )
         self.encoder = TransformerWrapper(
             **enc_wrapper, return_only_embed=True, attn_layers=Encoder(dim=dim, **enc_stack)
         )
@@ -120,6 +127,15 @@ class XTransformer(nn.Module):
         self.decoder = AutoregressiveWrapper(
             decoder, ignore_index=ignore_index, pad_value=pad_value
         )
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved configuration as a plain dict."""
+        return {
+            "class": type(self).__name__,
+            **self._config,
+            "encoder": self.encoder.config_dict(),
+            "decoder": self.decoder.net.config_dict(),
+        }
 
     def encode(
         self,
@@ -157,10 +173,11 @@ class XTransformer(nn.Module):
         seq_len: int,
         mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
+        src_prepend_embeds: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor:
         """Encode seq_in once, then generate seq_len tokens after seq_out_start (cached)."""
-        enc, mask = self.encode(seq_in, mask, attn_mask)
+        enc, mask = self.encode(seq_in, mask, attn_mask, src_prepend_embeds)
         return self.decoder.generate(
             seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs
         )
