@@ -95,16 +95,14 @@ class KVCache:
             self.key_mask[:, self.length : end] = new_mask
         return self.key_mask[:, :end]
 
-    def forget_before(self, start: int, batch: int, device: torch.device) -> None:
-        """Mask out every cached position before `start` (a sliding attention window)."""
-        if start <= 0:
-            return
-        self.extend_mask(None, batch, 0, device)
+    def restrict_keys(self, start: int, keep: Tensor) -> None:
+        """AND `keep` (b, k) into the key mask of cached columns [start, start + k) (a window)."""
+        batch, k = keep.shape
+        self.extend_mask(None, batch, 0, keep.device)
         if self.key_mask is None:
-            self.key_mask = torch.ones(
-                batch, max(self.length, self.capacity or 0), dtype=torch.bool, device=device
-            )
-        self.key_mask[:, :start] = False
+            capacity = max(self.length, self.capacity or 0)
+            self.key_mask = torch.ones(batch, capacity, dtype=torch.bool, device=keep.device)
+        self.key_mask[:, start : start + k] &= keep
 
     def advance(self, n: int) -> None:
         self.length += n

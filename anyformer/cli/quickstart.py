@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--steps", type=int, default=300, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step")
     p.add_argument("--seq-len", type=int, default=128, help="training context length")
     p.add_argument("--dim", type=int, default=128, help="model width")
     p.add_argument("--depth", type=int, default=3, help="number of decoder layers")
@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-len", type=int, default=200, help="bytes to generate")
     p.add_argument("--prompt-len", type=int, default=64, help="bytes of validation prompt")
     p.add_argument(
-        "--temperature", type=float, default=0.7, help="sampling temperature (top-k filtered)"
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="sampling temperature (top-k filtered); 0 means greedy",
     )
     p.add_argument("--max-bytes", type=int, default=4_000_000, help="corpus size cap")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -92,8 +95,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--eval-every must be >= 1, got {args.eval_every}")
     if args.warmup is not None and args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
-    if not args.temperature > 0:
-        p.error(f"--temperature must be > 0, got {args.temperature}")
+    if not args.temperature >= 0:
+        p.error(f"--temperature must be >= 0, got {args.temperature}")
 
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -228,9 +231,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sample_tokens: list[int] = []
     if args.sample_len > 0:
         torch.manual_seed(args.seed)
+        # The model uses absolute positions, so a KV cache only helps while prompt + sample
+        # fits in one context window; past that, generate() slides the window uncached.
+        fits = len(prompt) + args.sample_len <= args.seq_len
         with torch.no_grad():
             out = model.generate(
-                prompt[None], args.sample_len, temperature=args.temperature, cache_kv=True
+                prompt[None], args.sample_len, temperature=args.temperature, cache_kv=fits
             )
         sample_tokens = out[0].tolist()
     sample = decode(sample_tokens)

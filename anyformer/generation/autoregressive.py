@@ -74,6 +74,14 @@ def _prepare_prompts(
     return prompts, prompt_lens.to(prompts.device).long(), squeeze
 
 
+def _positions(n: int, total: int, lens: Tensor | None, device: torch.device) -> Tensor:
+    """Positions of columns [0, total): the prompt's own, then lens + k for the k-th new token."""
+    cols = torch.arange(total, device=device)
+    if lens is None:
+        return cols
+    return torch.where(cols < n, cols, lens.view(-1, 1) + cols - n)
+
+
 class AutoregressiveWrapper(nn.Module):
     """Wraps a causal token model: ``forward`` gives the next-token loss, ``generate`` samples."""
 
@@ -239,7 +247,10 @@ class AutoregressiveWrapper(nn.Module):
             if t == seq_len - 1 or (eos_token is not None and t % 8 == 7 and bool(done.all())):
                 break
             if window is not None and n + t + 1 > window:
-                cache.forget_before(p + n + t + 1 - window, b, prompts.device)
+                # keys at positions <= q - window leave the window (q: the new token's position)
+                key_pos = _positions(n, n + t, lens, prompts.device).expand(b, -1)
+                q = (n if lens is None else lens.view(-1, 1)) + t
+                cache.restrict_keys(p, key_pos >= q - window + 1)
             pos = None if lens is None else (lens + t)[:, None]
             logits = forward(
                 token[:, None], pos=pos, cache=cache, input_not_include_cache=True, **kwargs
@@ -262,7 +273,7 @@ class AutoregressiveWrapper(nn.Module):
         if lens is not None:
             cols = torch.arange(total, device=device)
             full_mask = (cols < lens[:, None]) | (cols >= n)
-            full_pos = torch.where(cols < n, cols, lens[:, None] + cols - n)
+            full_pos = _positions(n, total, lens, device)
         rows = torch.arange(b, device=device)
         done = torch.zeros(b, dtype=torch.bool, device=device)
         for t in range(seq_len):
@@ -270,11 +281,13 @@ class AutoregressiveWrapper(nn.Module):
             tokens, mask, pos = out[:, :cur], None, None
             if lens is not None:
                 mask, pos = full_mask[:, :cur], full_pos[:, :cur]
-            if window is not None and cur > window:
+            if window is not None and lens is None and cur > window:
                 tokens = tokens[:, -window:]
-                if lens is not None:
-                    mask = mask[:, -window:]
-                    pos = (pos[:, -window:] - (cur - window)).clamp(min=0)
+            elif window is not None and lens is not None:
+                # each row's window ends at its own query position q = lens - 1 + t
+                start = (lens - 1 + t - window + 1).clamp(min=0).view(-1, 1)
+                mask = mask & (pos >= start)
+                pos = (pos - start).clamp(min=0)
             logits = forward(tokens, mask=mask, pos=pos, **kwargs)
             last = logits[rows, p + lens - 1] if (lens is not None and t == 0) else logits[:, -1]
             token = pick(last)

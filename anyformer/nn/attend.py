@@ -79,6 +79,8 @@ class Attend(nn.Module):
         if keep is not None:
             sim = sim.masked_fill(~keep, torch.finfo(sim.dtype).min)
         attn = sim.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        if mask.row_valid is not None:
+            attn = attn * mask.row_valid  # rows with no key attend to nothing
         post = attn
         if self.training and self.dropout > 0:
             attn = F.dropout(attn, p=self.dropout)
