@@ -8,7 +8,9 @@ Run it with ``python -m anyformer.cli.quickstart`` (or ``bash scripts/main.sh``)
 4. measures the validation bits per byte again (and a few times in between), and
 5. prints a sample generated from a prompt taken from the validation split.
 
-``main`` returns the measured numbers so that tests can assert on them.
+``main`` returns the measured numbers so that tests can assert on them; ``cli`` is the
+console-script entry point (``anyformer-quickstart``), which returns nothing so the exit
+status is 0.
 """
 
 from __future__ import annotations
@@ -263,5 +265,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point: run :func:`main` and exit 0 (``main`` returns a dict)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -105,6 +105,18 @@ class TransformerWrapper(nn.Module):
         """Whether generate can decode with a KV cache."""
         return self.attn_layers.can_cache_kv
 
+    def capabilities(self) -> dict[str, bool]:
+        """What the chosen options allow (SPEC: no silent capability loss)."""
+        stack = self.attn_layers.config
+        attn_configs = [stack.attention] if not stack.only_cross else []
+        if stack.cross_attend:
+            attn_configs.append(stack.cross_attention)
+        return {
+            "fused_attention": all(c.flash for c in attn_configs),
+            "kv_cache": self.can_cache_kv,
+            "kv_cache_beyond_max_seq_len": self.can_cache_kv and not self.has_abs_pos_emb,
+        }
+
     def config_dict(self) -> dict[str, Any]:
         """The resolved configuration as a plain dict."""
         return {
@@ -302,7 +314,7 @@ class TransformerWrapper(nn.Module):
                     f"pos must be a torch.long tensor of shape ({n},) or ({b}, {n}), got "
                     f"{tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}"
                 )
-            if self.max_positions is not None and pos.numel():
+            if self.max_positions is not None and pos.numel() and not torch.compiler.is_compiling():
                 lo, hi = (int(v) for v in torch.aminmax(pos))
                 if lo < 0 or hi >= self.max_positions:
                     raise ValueError(
