@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject argument values that cannot work, through ``p.error`` (exit status 2)."""
-    positive = ["batch_size", "seq_len", "dim", "depth", "heads", "eval_batches"]
+    positive = ["batch_size", "seq_len", "dim", "depth", "heads", "eval_batches", "max_bytes"]
     for name in positive:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
