@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -220,7 +221,10 @@ class AutoregressiveWrapper(nn.Module):
         return cache_kv
 
     def _forward(self) -> Callable[..., Any]:
-        return getattr(self.net, "forward_unchecked", self.net)
+        """The net's forward; without re-validating inputs where the net allows it."""
+        if "check_inputs" in inspect.signature(self.net.forward).parameters:
+            return partial(self.net, check_inputs=False)
+        return self.net
 
     def _generate_cached(self, prompts, lens, seq_len, eos_token, pick, restrict, kwargs) -> Tensor:
         b, n = prompts.shape

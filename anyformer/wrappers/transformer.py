@@ -125,6 +125,10 @@ class TransformerWrapper(nn.Module):
             "attn_layers": self.attn_layers.config_dict(),
         }
 
+    @staticmethod
+    def _token_offset(cache: KVCache | None) -> int:
+        return 0 if cache is None else cache.length - cache.num_prepended
+
     def forward(
         self,
         x: Tensor,
@@ -140,6 +144,7 @@ class TransformerWrapper(nn.Module):
         sum_embeds: Tensor | None = None,
         cache: KVCache | LayerIntermediates | None = None,
         input_not_include_cache: bool = False,
+        check_inputs: bool = True,
         **kwargs: Any,
     ) -> Any:
         """x (b, n) token ids -> logits (b, n, logits_dim) (see the return_* flags).
@@ -147,64 +152,24 @@ class TransformerWrapper(nn.Module):
         With ``cache`` (from a previous call's intermediates, or a ``KVCache``), only positions
         beyond the cached ones are computed: x holds the whole sequence, or only the new tokens
         when ``input_not_include_cache=True``. Other keywords (context, context_mask, attn_mask,
-        prefix_attn_len) go to the stack.
+        prefix_attn_len) go to the stack. ``check_inputs=False`` skips the input validation
+        (and its host sync on token ids): decode loops that already checked their inputs use it.
         """
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
         offset = self._token_offset(cache)
-        self._check_inputs(
-            x,
-            mask,
-            pos,
-            prepend_embeds,
-            prepend_mask,
-            embed_ids,
-            sum_embeds,
-            cache,
-            0 if input_not_include_cache else offset,
-        )
-        return self.forward_unchecked(
-            x,
-            return_embeddings=return_embeddings,
-            return_logits_and_embeddings=return_logits_and_embeddings,
-            return_intermediates=return_intermediates,
-            mask=mask,
-            return_attn=return_attn,
-            pos=pos,
-            prepend_embeds=prepend_embeds,
-            prepend_mask=prepend_mask,
-            embed_ids=embed_ids,
-            sum_embeds=sum_embeds,
-            cache=cache,
-            input_not_include_cache=input_not_include_cache,
-            **kwargs,
-        )
-
-    @staticmethod
-    def _token_offset(cache: KVCache | None) -> int:
-        return 0 if cache is None else cache.length - cache.num_prepended
-
-    def forward_unchecked(
-        self,
-        x: Tensor,
-        return_embeddings: bool = False,
-        return_logits_and_embeddings: bool = False,
-        return_intermediates: bool = False,
-        mask: Tensor | None = None,
-        return_attn: bool = False,
-        pos: Tensor | None = None,
-        prepend_embeds: Tensor | None = None,
-        prepend_mask: Tensor | None = None,
-        embed_ids: dict[str, Tensor] | None = None,
-        sum_embeds: Tensor | None = None,
-        cache: KVCache | LayerIntermediates | None = None,
-        input_not_include_cache: bool = False,
-        **kwargs: Any,
-    ) -> Any:
-        """forward without input validation (no host syncs): for decode loops."""
-        if isinstance(cache, LayerIntermediates):
-            cache = cache.cache
-        offset = self._token_offset(cache)
+        if check_inputs:
+            self._check_inputs(
+                x,
+                mask,
+                pos,
+                prepend_embeds,
+                prepend_mask,
+                embed_ids,
+                sum_embeds,
+                cache,
+                0 if input_not_include_cache else offset,
+            )
         if cache is not None and not input_not_include_cache:
             x, mask, embed_ids, sum_embeds = (
                 _slice_new(v, offset) for v in (x, mask, embed_ids, sum_embeds)
