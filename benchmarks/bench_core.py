@@ -360,9 +360,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="bfloat16 = fp32 weights under torch.autocast(bfloat16)")  # fmt: skip
     p.add_argument("--reps", type=int, default=None,
-                   help="timed repetitions per case and implementation (default 10, --quick 3)")  # fmt: skip
+                   help="timed repetitions per case and implementation (default 20, --quick 5)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=None,
-                   help="untimed warmup calls per case and implementation (default 2, --quick 1)")  # fmt: skip
+                   help="untimed warmup calls per case and implementation (default 3, --quick 1)")  # fmt: skip
     p.add_argument("--flash", action=argparse.BooleanOptionalAction, default=True,
                    help="attn_flash=True on both (F.scaled_dot_product_attention)")  # fmt: skip
     p.add_argument("--quick", action="store_true",
@@ -400,9 +400,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
 
     if args.reps is None:
-        args.reps = 3 if args.quick else 10
+        args.reps = 5 if args.quick else 20
     if args.warmup is None:
-        args.warmup = 1 if args.quick else 2
+        args.warmup = 1 if args.quick else 3
     if args.case_budget_s is None:
         args.case_budget_s = 30.0 if args.quick else 120.0
     if args.gen_batches is None:
@@ -439,8 +439,11 @@ def env_info(args, device, impls: dict[str, Impl]) -> dict[str, Any]:
     return info
 
 
-def fmt_ms(v: float | None) -> str:
-    return "error" if v is None else f"{v:10.1f}"
+def fmt_cell(res: dict[str, Any], name: str, requested: list[str]) -> str:
+    if name not in requested:
+        return "-"
+    r = res.get(name)
+    return "error" if r is None else f"{r['median_ms']:.1f}"
 
 
 def main(argv=None) -> int:
@@ -507,13 +510,13 @@ def main(argv=None) -> int:
             record_error(ANY, "equivalence check")
         if checks:
             print("  check: " + ", ".join(f"{k}={v}" for k, v in checks.items()))
-    print(flush=True)
 
     idle_meter = CpuMeter()
     time.sleep(1.0)
     other_before = idle_meter.other_cores()
     if other_before is not None:
-        print(f"  other processes keep {other_before:.2f} cores busy before start", flush=True)
+        print(f"  other processes keep {other_before:.2f} cores busy before start")
+    print(flush=True)
 
     cases = make_cases(args)
     sync = make_sync(device)
@@ -565,7 +568,7 @@ def main(argv=None) -> int:
             "other_busy_cores": other,
             "case_wall_s": time.perf_counter() - t_case,
         }
-        for name in models:
+        for name in args.impls:
             ts = times.get(name)
             if not ts:
                 res[name] = None
@@ -587,7 +590,8 @@ def main(argv=None) -> int:
             + (f", other load {other:.2f} cores" if other is not None else "")
             + ": "
             + ", ".join(
-                f"{n} {res[n]['median_ms']:.1f} ms" if res.get(n) else f"{n} error" for n in models
+                f"{n} {res[n]['median_ms']:.1f} ms" if res.get(n) else f"{n} error"
+                for n in args.impls
             ),
             flush=True,
         )
@@ -610,8 +614,8 @@ def main(argv=None) -> int:
         ratio = res["ratio_xt_over_any"]
         iqr = "/".join(f"{100 * r['iqr_ms'] / r['median_ms']:.0f}" if r else "-" for r in (a, x))
         print(
-            f"{case.name:<8} {fmt_ms(a['median_ms'] if a else None):>12}"
-            f" {fmt_ms(x['median_ms'] if x else None):>12}"
+            f"{case.name:<8} {fmt_cell(res, ANY, args.impls):>12}"
+            f" {fmt_cell(res, XT, args.impls):>12}"
             f" {(f'{ratio:.3f}' if ratio else '-'):>12} {iqr:>12} {res['reps_done']:>4}"
             f"  {res['desc']}"
         )
