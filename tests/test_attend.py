@@ -29,15 +29,6 @@ HEADS = 4
 DIM_HEAD = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one intra-op thread is fastest and immune to a busy machine's contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():

@@ -25,15 +25,6 @@ LENS = (3, 7, 11)
 NEW = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one intra-op thread is fastest and immune to a busy machine's contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():
