@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 from anyformer import Decoder, Encoder, TransformerWrapper
 
 
@@ -51,3 +54,24 @@ def test_config_dict_round_trips_through_json():
     assert d["attn_layers"]["depth"] == 2
     assert d["attn_layers"]["feedforward"]["glu"] is True
     assert d["attn_layers"]["attention"]["dim_head"] == 64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("flash", [True, False])
+def test_autocast_low_precision_matches_float32(dtype, flash):
+    torch.manual_seed(0)
+    model = TransformerWrapper(
+        num_tokens=64,
+        max_seq_len=32,
+        attn_layers=Decoder(dim=32, depth=2, heads=2, attn_flash=flash, cross_attend=True),
+    ).eval()
+    x = torch.randint(0, 64, (2, 10))
+    context = torch.randn(2, 4, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, :3] = False
+    reference = model(x, context=context, mask=mask)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x, context=context, mask=mask)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert (out.float() - reference).abs().max().item() < 0.1
