@@ -52,11 +52,6 @@ class LayerKVCache:
             new_v[:, :, :old] = self.v
         self.k, self.v = new_k, new_v
 
-    def reorder(self, index: Tensor) -> None:
-        """Select batch rows (beam search, dropping finished rows)."""
-        if self.k is not None:
-            self.k, self.v = self.k[index], self.v[index]
-
 
 class KVCache:
     """All layers' caches, the number of cached positions and their key-padding mask."""
@@ -98,7 +93,6 @@ class KVCache:
     def restrict_keys(self, start: int, keep: Tensor) -> None:
         """AND `keep` (b, k) into the key mask of cached columns [start, start + k) (a window)."""
         batch, k = keep.shape
-        self.extend_mask(None, batch, 0, keep.device)
         if self.key_mask is None:
             capacity = max(self.length, self.capacity or 0)
             self.key_mask = torch.ones(batch, capacity, dtype=torch.bool, device=keep.device)

@@ -110,13 +110,12 @@ class AttentionLayers(nn.Module):
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
         b, n = self._check_inputs(x, context, mask, context_mask, attn_mask, cache)
+        if cache is None and return_hiddens and self.causal and attn_mask is None:
+            cache = KVCache()  # returned in the intermediates, to continue decoding from
         key_mask, k_len = mask, n
         if cache is not None:
             key_mask = cache.extend_mask(mask, b, n, x.device)
             k_len = cache.length + n
-        elif return_hiddens and self.causal and attn_mask is None:
-            cache = KVCache()
-            key_mask = cache.extend_mask(mask, b, n, x.device)
         run = StackRun(
             self_mask=build_attention_mask(
                 q_len=n,

@@ -55,7 +55,7 @@ def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def _dropout_tokens(enc: Tensor, mask: Tensor | None, prob: float) -> tuple[Tensor, Tensor | None]:
-    """Keep a random subset of ceil((1 - prob) * n) context tokens per row (Perceiver AR)."""
+    """Keep a random subset of round((1 - prob) * n) (at least 1) context tokens per row (Perceiver AR)."""
     b, n, _ = enc.shape
     keep = max(1, round(n * (1 - prob)))
     scores = torch.rand(b, n, device=enc.device)
