@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["check_attn_mask", "check_float_input", "check_mask", "check_token_ids"]
+__all__ = [
+    "as_token_ids",
+    "check_attn_mask",
+    "check_float_input",
+    "check_mask",
+    "check_token_ids",
+]
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -85,3 +91,18 @@ def check_token_ids(name: str, x: Tensor, num_tokens: int) -> None:
             f"{name} holds token id {bad}, outside the vocabulary [0, {num_tokens}) "
             f"(num_tokens={num_tokens})"
         )
+
+
+def as_token_ids(name: str, x: Tensor, check: bool = True) -> Tensor:
+    """Token ids as torch.long; float tensors holding whole numbers are accepted (as
+    x-transformers accepts them, e.g. ``torch.zeros(2, 16)`` as a prompt), others raise."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        return x
+    if check and x.numel() and not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(x) | (x != x.trunc())
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} holds {x[bad][0].item()}, which is not a token id: float token ids "
+                f"must be whole numbers (got dtype {x.dtype}); pass a torch.long tensor"
+            )
+    return x.long()

@@ -73,9 +73,17 @@ def test_negative_token_id(model):
         model(torch.tensor([[-3, 1]]))
 
 
-def test_float_token_tensor(model, tokens):
-    with pytest.raises(ValueError, match=r"^x must be .*integer tensor.*dtype torch\.float32"):
-        model(tokens.float())
+def test_float_token_tensor_with_whole_numbers_equals_long(model, tokens):
+    # x-transformers accepts float ids (torch.zeros(2, 16) as a prompt is common); bitwise equal
+    assert torch.equal(model(tokens.float()), model(tokens))
+    assert torch.equal(model(tokens.double()), model(tokens))
+
+
+def test_float_token_tensor_with_fractions(model, tokens):
+    with pytest.raises(ValueError, match=r"^x holds 1\.5, which is not a token id.*torch\.float32"):
+        model(torch.tensor([[1.5, 2.0]]))
+    with pytest.raises(ValueError, match=r"^x holds nan"):
+        model(torch.full((1, 2), float("nan")))
 
 
 def test_bool_token_tensor(model, tokens):

@@ -1,7 +1,8 @@
-"""Seed keywords whose features belong to later milestones.
+"""x-transformers keywords that anyformer knows but does not implement yet.
 
 They are recognised (so a typo still gets a did-you-mean, and the real name is not mistaken for a
 typo) but raise ``NotImplementedError`` naming the keyword: nothing is ever silently ignored.
+Each feature issue removes its names from these tables as it lands.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ __all__ = [
     "raise_if_later",
 ]
 
-ATTENTION = "attention variants (SPEC milestone 2)"
-POSITIONS = "positions (SPEC milestone 3)"
-STRUCTURE = "stack structure (SPEC milestone 4)"
+ATTENTION = "attention variant"
+POSITIONS = "positional scheme"
+STRUCTURE = "stack structure option"
 
 #: Attention keywords of the seed design (reached as ``attn_*`` / ``cross_attn_*`` on a stack).
 LATER_ATTENTION: dict[str, str] = {
@@ -123,10 +124,12 @@ LATER_FORWARD: dict[str, str] = {
 def raise_if_later(
     owner: str, names: Iterable[str], registry: dict[str, str], prefix: str = ""
 ) -> None:
-    """Raise NotImplementedError for the first name that belongs to a later milestone."""
+    """Raise NotImplementedError for the first name that is known but not implemented yet."""
+    from .. import __version__
+
     for name in names:
         if name in registry:
             raise NotImplementedError(
-                f"{owner}: keyword {prefix + name!r} belongs to {registry[name]} and is not "
-                "implemented yet in this release of anyformer"
+                f"{owner}: keyword {prefix + name!r} ({registry[name]}) is not available yet "
+                f"in anyformer {__version__}"
             )

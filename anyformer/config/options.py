@@ -12,8 +12,10 @@ from contextvars import ContextVar
 from typing import Any
 
 __all__ = [
+    "build_options",
     "check_fields",
     "current_prefix",
+    "from_dict",
     "keyword_prefix",
     "option",
     "option_docs",
@@ -140,3 +142,74 @@ def to_dict(config: Any) -> dict[str, Any]:
         return v
 
     return convert(config)
+
+
+def build_options(
+    cls: type,
+    owner: str,
+    kwargs: Mapping[str, Any],
+    *,
+    prefix: str = "",
+    later: Mapping[str, str] | None = None,
+    valid: Iterable[str] | None = None,
+    base: Any = None,
+) -> Any:
+    """The one keyword parser: check names against `cls`'s fields and build the frozen config.
+
+    Known-but-unimplemented names (`later`) raise NotImplementedError; unknown names raise a
+    TypeError whose did-you-mean draws only on `valid` (default: this owner's own keywords).
+    With `base`, the result is `base` with the given fields replaced.
+    """
+    from .later import raise_if_later
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    raise_if_later(owner, kwargs, later or {}, prefix)
+    for name in kwargs:
+        if name not in names:
+            candidates = valid if valid is not None else [prefix + n for n in names]
+            raise unknown_keyword(owner, prefix + name, candidates)
+    with keyword_prefix(prefix):
+        if base is not None:
+            return dataclasses.replace(base, **kwargs)
+        return cls(**kwargs)
+
+
+def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict`'s output; unknown keys raise."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__}: expected a dict of options, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__}: the configuration has unknown options {unknown} "
+            "(written by a newer anyformer?)"
+        )
+    values = {}
+    for name, value in data.items():
+        values[name] = _from_plain(hints[name], value)
+    return cls(**values)
+
+
+def _from_plain(hint: Any, value: Any) -> Any:
+    """JSON-friendly value -> the annotated type (dataclasses, tuples)."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return from_dict(hint, value)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for h in typing.get_args(hint):
+            if h is type(None) and value is None:
+                return None
+        for h in typing.get_args(hint):
+            if h is not type(None):
+                converted = _from_plain(h, value)
+                if _matches(converted, h):
+                    return converted
+        return value
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_plain(args[0], v) for v in value)
+        return tuple(_from_plain(a, v) for a, v in zip(args, value))
+    return value

@@ -14,7 +14,8 @@ from typing import Any
 from .attention import AttentionConfig
 from .feedforward import FeedForwardConfig
 from .later import LATER_ATTENTION, LATER_STACK, raise_if_later
-from .options import check_fields, keyword_prefix, option, unknown_keyword
+from .norm import NormConfig
+from .options import build_options, check_fields, option, unknown_keyword
 
 __all__ = ["StackConfig", "parse_stack_config", "stack_keyword_names"]
 
@@ -64,6 +65,7 @@ class StackConfig:
         AttentionConfig(), "cross-attention options (cross_attn_* over attn_*)"
     )
     feedforward: FeedForwardConfig = option(FeedForwardConfig(), "feedforward options (ff_*)")
+    norm: NormConfig = option(NormConfig(), "norm options (norm_eps, norm_bias, ...)")
 
     def __post_init__(self) -> None:
         check_fields(self, "AttentionLayers")
@@ -89,12 +91,32 @@ class StackConfig:
         return self.pre_norm and self.pre_norm_has_final_norm
 
 
+#: Groups of un-prefixed stack keywords, each parsed into its own config: a keyword goes to the
+#: group that declares a field of its name, else to StackConfig itself.
+STACK_GROUPS: dict[str, type] = {"norm": NormConfig}
+
+#: Prefixed groups: prefix -> (StackConfig field, config class).
+PREFIX_GROUPS: dict[str, tuple[str, type]] = {
+    "cross_attn_": ("cross_attention", AttentionConfig),
+    "attn_": ("attention", AttentionConfig),
+    "ff_": ("feedforward", FeedForwardConfig),
+}
+
+_SUBCONFIG_FIELDS = {"attention", "cross_attention", "feedforward", *STACK_GROUPS}
+
+
+def _own_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(StackConfig) if f.name not in _SUBCONFIG_FIELDS]
+
+
 def _valid_names() -> list[str]:
     attn = [f.name for f in dataclasses.fields(AttentionConfig)] + list(LATER_ATTENTION)
     ff = [f.name for f in dataclasses.fields(FeedForwardConfig)]
-    stack = [f.name for f in dataclasses.fields(StackConfig)] + list(LATER_STACK)
+    groups = [f.name for cls in STACK_GROUPS.values() for f in dataclasses.fields(cls)]
     return (
-        stack
+        _own_fields()
+        + groups
+        + list(LATER_STACK)
         + ["attn_" + n for n in attn]
         + ["cross_attn_" + n for n in attn]
         + ["ff_" + n for n in ff]
@@ -102,24 +124,19 @@ def _valid_names() -> list[str]:
 
 
 def stack_keyword_names() -> list[str]:
-    """Every keyword an AttentionLayers constructor accepts (or knows as a later-milestone one)."""
+    """Every keyword an AttentionLayers constructor accepts (or knows but has not implemented)."""
     return _valid_names()
 
 
 def _build(cls: type, owner: str, prefix: str, kwargs: dict[str, Any], base: Any = None) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
     for name in kwargs:
         reason = _RESERVED.get(prefix, {}).get(name)
         if reason:
             raise TypeError(f"{owner}: keyword {prefix + name!r} is not accepted: {reason}")
-    raise_if_later(owner, kwargs, LATER_ATTENTION if "attn" in prefix else {}, prefix)
-    for name in kwargs:
-        if name not in names:
-            raise unknown_keyword(owner, prefix + name, _valid_names())
-    with keyword_prefix(prefix):
-        if base is not None:
-            return dataclasses.replace(base, **kwargs)
-        return cls(**kwargs)
+    later = LATER_ATTENTION if "attn" in prefix else {}
+    return build_options(
+        cls, owner, kwargs, prefix=prefix, later=later, valid=_valid_names(), base=base
+    )
 
 
 def parse_stack_config(
@@ -127,27 +144,36 @@ def parse_stack_config(
 ) -> StackConfig:
     """Split prefixed keywords, check every name, and build the frozen StackConfig."""
     raise_if_later(owner, kwargs, LATER_STACK)  # before prefix routing: cross_attn_tokens_dropout
-    groups: dict[str, dict[str, Any]] = {p: {} for p in _PREFIXES}
+    prefixed: dict[str, dict[str, Any]] = {p: {} for p in PREFIX_GROUPS}
+    grouped: dict[str, dict[str, Any]] = {g: {} for g in STACK_GROUPS}
+    group_of = {f.name: g for g, cls in STACK_GROUPS.items() for f in dataclasses.fields(cls)}
+    own = set(_own_fields())
     stack_level: dict[str, Any] = {}
     for key, value in kwargs.items():
-        prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
-        if prefix is None:
+        prefix = next((p for p in PREFIX_GROUPS if key.startswith(p)), None)
+        if prefix is not None:
+            prefixed[prefix][key[len(prefix) :]] = value
+        elif key in group_of:
+            grouped[group_of[key]][key] = value
+        elif key in own and key not in stack_args:
             stack_level[key] = value
         else:
-            groups[prefix][key[len(prefix) :]] = value
-
-    allowed = {"disable_abs_pos_emb"}
-    for key in stack_level:
-        if key not in allowed:
             raise unknown_keyword(owner, key, _valid_names())
 
-    attention = _build(AttentionConfig, owner, "attn_", groups["attn_"])
-    cross = _build(AttentionConfig, owner, "cross_attn_", groups["cross_attn_"], base=attention)
-    feedforward = _build(FeedForwardConfig, owner, "ff_", groups["ff_"])
+    attention = _build(AttentionConfig, owner, "attn_", prefixed["attn_"])
+    cross = _build(
+        AttentionConfig, owner, "cross_attn_", prefixed["cross_attn_"], base=attention
+    )
+    feedforward = _build(FeedForwardConfig, owner, "ff_", prefixed["ff_"])
+    groups = {
+        name: build_options(cls, owner, grouped[name], valid=_valid_names())
+        for name, cls in STACK_GROUPS.items()
+    }
     return StackConfig(
         **stack_args,
         **stack_level,
         attention=attention,
         cross_attention=cross,
         feedforward=feedforward,
+        **groups,
     )

@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from ..cache import LayerKVCache
 from ..config.attention import AttentionConfig
-from ..config.later import LATER_ATTENTION, raise_if_later
-from ..config.options import keyword_prefix, unknown_keyword
+from ..config.later import LATER_ATTENTION
+from ..config.options import build_options
 from .attend import Attend, Intermediates
 from .masks import AttentionMask, build_attention_mask
 
@@ -63,13 +63,8 @@ def _parse_config(config: AttentionConfig | None, kwargs: dict[str, Any]) -> Att
         if kwargs:
             raise TypeError("Attention: pass either config= or keyword options, not both")
         return config
-    raise_if_later("Attention", kwargs, LATER_ATTENTION)
-    valid = AttentionConfig.__dataclass_fields__
-    for name in kwargs:
-        if name not in valid:
-            raise unknown_keyword("Attention", name, [*valid, "heads", "causal"])
-    with keyword_prefix(""):
-        return AttentionConfig(**kwargs)
+    valid = [*AttentionConfig.__dataclass_fields__, *LATER_ATTENTION, "heads", "causal"]
+    return build_options(AttentionConfig, "Attention", kwargs, later=LATER_ATTENTION, valid=valid)
 
 
 class Attention(nn.Module):
@@ -82,8 +77,11 @@ class Attention(nn.Module):
         causal: bool = False,
         *,
         config: AttentionConfig | None = None,
+        position: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        """``position`` (set by a stack): a module ``(q, k, positions) -> (q, k)`` that encodes
+        the tokens' positions into queries and keys (rotary); None for none."""
         super().__init__()
         config = _parse_config(config, kwargs)
         self.config = config
@@ -97,7 +95,12 @@ class Attention(nn.Module):
             flash=config.flash, dropout=config.dropout, scale=config.dim_head**-0.5
         )
         self.to_out = nn.Linear(inner, dim, bias=False)
-        if config.zero_init_output:
+        self.position = position
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise what this module owns beyond its children's defaults."""
+        if self.config.zero_init_output:
             nn.init.zeros_(self.to_out.weight)
 
     def _heads(self, t: Tensor) -> Tensor:
@@ -113,6 +116,7 @@ class Attention(nn.Module):
         attn_mask: Tensor | None = None,
         *,
         plan: AttentionMask | None = None,
+        positions: Tensor | None = None,
         cache: LayerKVCache | None = None,
         return_intermediates: bool = False,
         return_attn: bool = False,
@@ -120,12 +124,15 @@ class Attention(nn.Module):
         """x (b, n, dim) [context (b, m, dim_context)] -> (b, n, dim).
 
         ``mask``/``context_mask``/``attn_mask`` are used when called on its own; a stack passes the
-        combined ``plan`` it built once for all layers.
+        combined ``plan`` it built once for all layers. ``positions`` (b|1, n) are the positions
+        of the rows of x (the stack computes them once per forward).
         """
         if cache is not None and cache.is_cross and cache.filled:
             q, k, v = self._heads(self.qkv.queries(x)), cache.k, cache.v
         else:
             q, k, v = (self._heads(t) for t in self.qkv(x, context))
+            if self.position is not None and context is None:
+                q, k = self.position(q, k, positions)
             if cache is not None:
                 if cache.is_cross:
                     cache.set_context(k, v)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,10 +16,10 @@ class TokenEmbedding(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(num_tokens, dim)
         self.l2norm_embed = l2norm_embed
-        if l2norm_embed:
-            nn.init.normal_(self.emb.weight, std=1e-5)
-        else:
-            nn.init.normal_(self.emb.weight, std=0.02)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.emb.weight, std=1e-5 if self.l2norm_embed else 0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         emb = self.emb(x)
@@ -37,7 +35,10 @@ class AbsolutePositionalEmbedding(nn.Module):
         self.max_seq_len = max_seq_len
         self.l2norm_embed = l2norm_embed
         self.scale = 1.0 if l2norm_embed else dim**-0.5
-        nn.init.normal_(self.emb.weight, std=1e-5 if l2norm_embed else 1.0)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.emb.weight, std=1e-5 if self.l2norm_embed else 1.0)
 
     def forward(self, pos: Tensor) -> Tensor:
         emb = self.emb(pos) * self.scale
@@ -51,10 +52,18 @@ class ScaledSinusoidalEmbedding(nn.Module):
         super().__init__()
         if dim % 2:
             raise ValueError(f"scaled_sinu_pos_emb needs an even embedding width, got {dim}")
-        self.scale = nn.Parameter(torch.ones(1) * dim**-0.5)
-        half = dim // 2
-        inv_freq = torch.exp(-math.log(theta) * torch.arange(half).float() / half)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dim, self.theta = dim, theta
+        self.scale = nn.Parameter(torch.empty(1))
+        self.register_buffer("inv_freq", torch.empty(dim // 2), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The learned scale starts at dim**-0.5; the frequencies are recomputed (not saved)."""
+        half = self.dim // 2
+        with torch.no_grad():
+            self.scale.fill_(self.dim**-0.5)
+            exponent = torch.arange(half, device=self.inv_freq.device).float() / half
+            self.inv_freq.copy_(self.theta**-exponent)
 
     def forward(self, pos: Tensor) -> Tensor:
         angles = pos.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config.feedforward import FeedForwardConfig
-from ..config.options import keyword_prefix, unknown_keyword
+from ..config.options import build_options
 from .norms import LayerNorm
 
 __all__ = ["GLU", "FeedForward", "ReluSquared"]
@@ -28,6 +28,10 @@ class GLU(nn.Module):
         super().__init__()
         self.act = activation
         self.mult_bias = nn.Parameter(torch.ones(dim)) if mult_bias else None
+
+    def reset_parameters(self) -> None:
+        if self.mult_bias is not None:
+            nn.init.ones_(self.mult_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = x.chunk(2, dim=-1)
@@ -56,12 +60,8 @@ class FeedForward(nn.Module):
     ) -> None:
         super().__init__()
         if config is None:
-            valid = FeedForwardConfig.__dataclass_fields__
-            for name in kwargs:
-                if name not in valid:
-                    raise unknown_keyword("FeedForward", name, valid)
-            with keyword_prefix(""):
-                config = FeedForwardConfig(**kwargs)
+            valid = [*FeedForwardConfig.__dataclass_fields__, "dim", "dim_out"]
+            config = build_options(FeedForwardConfig, "FeedForward", kwargs, valid=valid)
         elif kwargs:
             raise TypeError("FeedForward: pass either config= or keyword options, not both")
         self.config = config
@@ -76,7 +76,11 @@ class FeedForward(nn.Module):
         self.post_act_norm = LayerNorm(inner) if config.post_act_ln else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         self.proj_out = nn.Linear(inner, dim_out, bias=bias)
-        if config.zero_init_output:
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise what this module owns beyond its children's defaults."""
+        if self.config.zero_init_output:
             nn.init.zeros_(self.proj_out.weight)
             if self.proj_out.bias is not None:
                 nn.init.zeros_(self.proj_out.bias)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -12,15 +12,43 @@ __all__ = ["AttentionMask", "build_attention_mask", "causal_keep_mask", "expand_
 
 @dataclass(frozen=True)
 class AttentionMask:
-    """What the attention kernel needs: a boolean keep-mask, or SDPA's is_causal, or nothing.
+    """What the attention kernel needs: a boolean keep-mask, or SDPA's is_causal, or nothing,
+    plus an optional additive bias on the logits (ALiBi, T5 buckets, ...).
 
     ``mask`` broadcasts to (b, h, i, j), True = may attend; rows that have no key at all are
     opened (to avoid NaN) and zeroed afterwards through ``row_valid`` (b|1, h|1, i, 1).
+    ``bias`` broadcasts to (b, h, i, j) and is added to the scaled logits before masking.
     """
 
     mask: Tensor | None = None
     is_causal: bool = False
     row_valid: Tensor | None = None
+    bias: Tensor | None = None
+
+    def with_bias(self, bias: Tensor | None) -> AttentionMask:
+        """This mask with `bias` added to (or set as) its additive bias."""
+        if bias is None:
+            return self
+        total = bias if self.bias is None else self.bias + bias
+        return replace(self, bias=total)
+
+    def keep(self, q_len: int, k_len: int, device: torch.device) -> Tensor | None:
+        """The boolean keep-mask, materialising causality only when it is implicit."""
+        if self.is_causal:
+            return causal_keep_mask(q_len, k_len, device)
+        return self.mask
+
+    def sdpa_args(
+        self, q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor | None, bool]:
+        """(attn_mask, is_causal) for F.scaled_dot_product_attention."""
+        if self.bias is None:
+            return self.mask, self.is_causal
+        bias = self.bias.to(dtype)
+        keep = self.keep(q_len, k_len, device)
+        if keep is None:
+            return bias, False
+        return torch.where(keep, bias, torch.finfo(dtype).min), False
 
 
 def causal_keep_mask(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:

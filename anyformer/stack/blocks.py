@@ -1,4 +1,9 @@
-"""Blocks: norm placement and residual around one branch (attention or feedforward)."""
+"""Blocks: the slots around one branch (attention or feedforward), filled at construction.
+
+A block computes ``post_norm(residual(x, post_branch_norm(branch(pre_norm(x)))))``. Pre-LN fills
+``pre_norm``, post-LN fills ``post_norm``, sandwich norm fills ``post_branch_norm``; the residual
+slot holds the plain sum or a variant (gating, scaling). Empty slots are ``nn.Identity``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from torch import Tensor, nn
 from ..cache import KVCache
 from ..nn.attend import Intermediates
 from ..nn.masks import AttentionMask
+from ..nn.residual import Residual
 
 __all__ = ["AttentionBlock", "Block", "FeedForwardBlock", "StackRun"]
 
@@ -20,6 +26,7 @@ class StackRun:
     self_mask: AttentionMask
     cross_mask: AttentionMask | None = None
     context: Tensor | None = None
+    positions: Tensor | None = None  # (b|1, n) positions of the rows being computed
     cache: KVCache | None = None
     collect: bool = False
     return_attn: bool = False
@@ -29,56 +36,59 @@ class StackRun:
 
 
 class Block(nn.Module):
-    """x -> post_norm(x + branch(pre_norm(x))): pre-LN uses only pre_norm, post-LN only post_norm."""
+    """One branch with its norm and residual slots."""
 
     layer_type = "?"
 
-    def __init__(self, branch: nn.Module, pre_norm: nn.Module, post_norm: nn.Module) -> None:
+    def __init__(
+        self,
+        branch: nn.Module,
+        pre_norm: nn.Module | None = None,
+        post_norm: nn.Module | None = None,
+        *,
+        post_branch_norm: nn.Module | None = None,
+        residual: nn.Module | None = None,
+    ) -> None:
         super().__init__()
-        self.pre_norm = pre_norm
+        self.pre_norm = pre_norm or nn.Identity()
         self.branch = branch
-        self.post_norm = post_norm
+        self.post_branch_norm = post_branch_norm or nn.Identity()
+        self.residual = residual or Residual()
+        self.post_norm = post_norm or nn.Identity()
 
-    def residual(self, x: Tensor, out: Tensor) -> Tensor:
-        return self.post_norm(x + out)
+    def join(self, x: Tensor, out: Tensor) -> Tensor:
+        """Add the branch output to the stream through the residual and output-norm slots."""
+        return self.post_norm(self.residual(x, self.post_branch_norm(out)))
 
 
 class FeedForwardBlock(Block):
     layer_type = "f"
 
-    def forward(self, x: Tensor, run: StackRun) -> Tensor:
+    def forward(self, x: Tensor, run: StackRun, slot: int | None = None) -> Tensor:
         if run.collect:
             run.layer_hiddens.append(x)
-        return self.residual(x, self.branch(self.pre_norm(x)))
+        return self.join(x, self.branch(self.pre_norm(x)))
 
 
 class AttentionBlock(Block):
-    """Self-attention ('a') or cross-attention ('c'); `cache_index` is its slot in a KVCache."""
+    """Self-attention ('a') or cross-attention ('c'); the stack gives each execution its cache slot."""
 
-    def __init__(
-        self,
-        branch: nn.Module,
-        pre_norm: nn.Module,
-        post_norm: nn.Module,
-        *,
-        is_cross: bool,
-        cache_index: int,
-    ) -> None:
-        super().__init__(branch, pre_norm, post_norm)
+    def __init__(self, branch: nn.Module, *args: nn.Module | None, is_cross: bool, **kw) -> None:
+        super().__init__(branch, *args, **kw)
         self.is_cross = is_cross
-        self.cache_index = cache_index
         self.layer_type = "c" if is_cross else "a"
 
-    def forward(self, x: Tensor, run: StackRun) -> Tensor:
+    def forward(self, x: Tensor, run: StackRun, slot: int | None = None) -> Tensor:
         if run.collect:
             run.layer_hiddens.append(x)
             if not self.is_cross:
                 run.hiddens.append(x)
-        cache = None if run.cache is None else run.cache.layer(self.cache_index, self.is_cross)
+        cache = None if run.cache is None else run.cache.layer(slot, self.is_cross)
         out = self.branch(
             self.pre_norm(x),
             context=run.context if self.is_cross else None,
             plan=run.cross_mask if self.is_cross else run.self_mask,
+            positions=None if self.is_cross else run.positions,
             cache=cache,
             return_intermediates=run.collect,
             return_attn=run.return_attn,
@@ -87,4 +97,4 @@ class AttentionBlock(Block):
             out, inter = out
             inter.layer_type = self.layer_type
             run.attn_intermediates.append(inter)
-        return self.residual(x, out)
+        return self.join(x, out)

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from ..cache import KVCache
 from ..checks import check_attn_mask, check_float_input, check_mask
 from ..config.later import LATER_FORWARD, raise_if_later
-from ..config.options import to_dict, unknown_keyword
+from ..config.options import from_dict, to_dict, unknown_keyword
 from ..config.stack import StackConfig, parse_stack_config
 from ..intermediates import LayerIntermediates
 from ..nn.attention import Attention
 from ..nn.feedforward import FeedForward
+from ..nn.init import reset_module_tree
 from ..nn.masks import AttentionMask, build_attention_mask, causal_keep_mask, expand_attn_mask
 from ..nn.norms import build_norm
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
@@ -28,6 +29,8 @@ class AttentionLayers(nn.Module):
     Keywords are parsed once into a frozen StackConfig (``attn_*``, ``cross_attn_*``, ``ff_*``
     routed to their modules); the blocks are built here and ``forward`` only walks them.
     """
+
+    _resets_tree = True
 
     def __init__(
         self,
@@ -52,22 +55,44 @@ class AttentionLayers(nn.Module):
             pre_norm=pre_norm,
             pre_norm_has_final_norm=pre_norm_has_final_norm,
         )
-        config = parse_stack_config(type(self).__name__, stack_args, kwargs)
+        self._setup(parse_stack_config(type(self).__name__, stack_args, kwargs))
+
+    def _setup(self, config: StackConfig) -> None:
+        """Build every module from the resolved config (the constructor and from_config meet here)."""
         self.config: StackConfig = config
-        self.dim = dim
-        self.depth = depth
-        self.heads = heads
-        self.causal = causal
-        self.cross_attend = cross_attend
+        self.dim = config.dim
+        self.depth = config.depth
+        self.heads = config.heads
+        self.causal = config.causal
+        self.cross_attend = config.cross_attend
         self.disable_abs_pos_emb = config.disable_abs_pos_emb
         self.layer_types = config.layer_types
-        self.layers = nn.ModuleList(self._build_block(t, i) for i, t in enumerate(self.layer_types))
-        self.final_norm = build_norm(dim) if config.has_final_norm else nn.Identity()
+        self.layers = nn.ModuleList(self._build_block(t) for t in self.layer_types)
+        self.final_norm = build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
+        self.attn_bias: nn.Module | None = None  # additive position bias (ALiBi, T5, ...)
+        self._set_execution_order(tuple(range(len(self.layers))))
 
-    def _build_block(self, layer_type: str, index: int) -> nn.Module:
+    def _set_execution_order(self, order: tuple[int, ...]) -> None:
+        """Blocks run in `order` (indices into self.layers); each attention execution owns one
+        KV-cache slot, so a block run twice (weight tying, custom orders) caches twice."""
+        plan, slot = [], 0
+        for index in order:
+            if self.layer_types[index] == "f":
+                plan.append((index, None))
+            else:
+                plan.append((index, slot))
+                slot += 1
+        self.execution_plan: tuple[tuple[int, int | None], ...] = tuple(plan)
+        self.uses_positions = self.attn_bias is not None or any(
+            getattr(block.branch, "position", None) is not None
+            for block in self.layers
+            if block.layer_type == "a"
+        )
+
+    def _build_block(self, layer_type: str) -> nn.Module:
         c = self.config
-        pre = build_norm(c.dim) if c.pre_norm else nn.Identity()
-        post = nn.Identity() if c.pre_norm else build_norm(c.dim)
+        pre = build_norm(c.dim, c.norm) if c.pre_norm else None
+        post = None if c.pre_norm else build_norm(c.dim, c.norm)
         if layer_type == "f":
             return FeedForwardBlock(FeedForward(c.dim, config=c.feedforward), pre, post)
         is_cross = layer_type == "c"
@@ -77,8 +102,25 @@ class AttentionLayers(nn.Module):
             causal=c.causal and not is_cross,
             config=c.cross_attention if is_cross else c.attention,
         )
-        cache_index = sum(t != "f" for t in self.layer_types[:index])
-        return AttentionBlock(attn, pre, post, is_cross=is_cross, cache_index=cache_index)
+        return AttentionBlock(attn, pre, post, is_cross=is_cross)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | StackConfig) -> AttentionLayers:
+        """Rebuild a stack from ``config_dict()`` (or a StackConfig): same modules, same keys."""
+        if isinstance(config, StackConfig):
+            target, parsed = cls, config
+        else:
+            data = dict(config)
+            target = _stack_class(data.pop("class", cls.__name__), cls)
+            parsed = from_dict(StackConfig, data)
+        stack = target.__new__(target)
+        nn.Module.__init__(stack)
+        stack._setup(parsed)
+        return stack
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter (e.g. after building on the meta device)."""
+        reset_module_tree(self)
 
     @property
     def can_cache_kv(self) -> bool:
@@ -99,23 +141,27 @@ class AttentionLayers(nn.Module):
         return_hiddens: bool = False,
         cache: KVCache | LayerIntermediates | None = None,
         return_attn: bool = False,
+        pos: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         """x (b, n, dim) -> (b, n, dim); with return_hiddens, also LayerIntermediates.
 
         With a ``cache``, x holds only the new positions and ``mask`` only their key mask
-        (the cache remembers the rest).
+        (the cache remembers the rest). ``pos`` (n,) or (b, n): the rows' positions (default:
+        0..n-1 after what the cache holds), handed to every self-attention layer.
         """
         self._check_kwargs(kwargs)
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
         b, n = self._check_inputs(x, context, mask, context_mask, attn_mask, cache)
         if cache is None and return_hiddens and self.causal and attn_mask is None:
-            cache = KVCache()  # returned in the intermediates, to continue decoding from
+            # returned in the intermediates to continue decoding from; training needs none
+            cache = None if self.training else KVCache()
         key_mask, k_len = mask, n
         if cache is not None:
             key_mask = cache.extend_mask(mask, b, n, x.device)
             k_len = cache.length + n
+        positions = self._positions(pos, n, cache, x.device) if self.uses_positions else None
         run = StackRun(
             self_mask=build_attention_mask(
                 q_len=n,
@@ -126,14 +172,18 @@ class AttentionLayers(nn.Module):
                 device=x.device,
             ),
             context=context,
+            positions=positions,
             cache=cache,
             collect=return_hiddens or return_attn,
             return_attn=return_attn,
         )
+        if self.attn_bias is not None:
+            run.self_mask = run.self_mask.with_bias(self.attn_bias(positions, k_len))
         if self.cross_attend:
             run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
-        for block in self.layers:
-            x = block(x, run)
+        layers = self.layers
+        for index, slot in self.execution_plan:
+            x = layers[index](x, run, slot)
         if run.collect:
             run.layer_hiddens.append(x)
         x = self.final_norm(x)
@@ -148,6 +198,16 @@ class AttentionLayers(nn.Module):
             layer_hiddens=run.layer_hiddens,
             cache=cache,
         )
+
+    @staticmethod
+    def _positions(
+        pos: Tensor | None, n: int, cache: KVCache | None, device: torch.device
+    ) -> Tensor:
+        """(b|1, n) positions of the rows computed now: given, or counted on from the cache."""
+        if pos is not None:
+            return pos if pos.ndim == 2 else pos.unsqueeze(0)
+        start = 0 if cache is None else cache.length
+        return torch.arange(start, start + n, device=device).unsqueeze(0)
 
     @staticmethod
     def _cross_mask(
@@ -172,7 +232,16 @@ class AttentionLayers(nn.Module):
         owner = f"{type(self).__name__}.forward"
         raise_if_later(owner, kwargs, LATER_FORWARD)
         if kwargs:
-            valid = ["context", "mask", "context_mask", "attn_mask", "return_hiddens", "cache"]
+            valid = [
+                "context",
+                "mask",
+                "context_mask",
+                "attn_mask",
+                "return_hiddens",
+                "cache",
+                "return_attn",
+                "pos",
+            ]
             raise unknown_keyword(owner, next(iter(kwargs)), valid)
 
     def _check_inputs(
@@ -287,3 +356,20 @@ class CrossAttender(AttentionLayers):
             if name in kwargs:
                 raise TypeError(f"CrossAttender: {name} is fixed to True")
         super().__init__(cross_attend=True, only_cross=True, **kwargs)
+
+
+def _stack_class(name: str, base: type) -> type:
+    """The AttentionLayers subclass called `name` (Decoder, Encoder, ...)."""
+    found = {AttentionLayers.__name__: AttentionLayers}
+    todo = [AttentionLayers]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found[sub.__name__] = sub
+            todo.append(sub)
+    cls = found.get(name)
+    if cls is None or not issubclass(cls, base):
+        raise ValueError(
+            f"{base.__name__}.from_config: 'class' must name a {base.__name__} class "
+            f"({sorted(found)}), got {name!r}"
+        )
+    return cls

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..checks import check_float_input, check_mask, check_token_ids
-from ..config.later import LATER_WRAPPER, raise_if_later
-from ..config.options import to_dict, unknown_keyword
+from ..checks import as_token_ids, check_float_input, check_mask, check_token_ids
+from ..config.later import LATER_FORWARD, LATER_WRAPPER
+from ..config.options import build_options, from_dict, to_dict, unknown_keyword
 from ..config.wrapper import WrapperConfig
 from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding, TokenEmbedding
+from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
 from ..stack.layers import AttentionLayers
 
@@ -24,11 +26,8 @@ _WRAPPER_FIELDS = tuple(WrapperConfig.__dataclass_fields__)
 
 def parse_wrapper_config(owner: str, kwargs: dict[str, Any]) -> WrapperConfig:
     """Check wrapper keyword names (later-milestone ones raise) and build the WrapperConfig."""
-    raise_if_later(owner, kwargs, LATER_WRAPPER)
-    for name in kwargs:
-        if name not in _WRAPPER_FIELDS:
-            raise unknown_keyword(owner, name, [*_WRAPPER_FIELDS, "attn_layers", *LATER_WRAPPER])
-    return WrapperConfig(**kwargs)
+    valid = [*_WRAPPER_FIELDS, "attn_layers", *LATER_WRAPPER]
+    return build_options(WrapperConfig, owner, kwargs, later=LATER_WRAPPER, valid=valid)
 
 
 def _slice_new(value: Any, offset: int) -> Any:
@@ -55,6 +54,31 @@ class TransformerWrapper(nn.Module):
         config = parse_wrapper_config(
             "TransformerWrapper", dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs)
         )
+        self._setup(config, attn_layers)
+
+    _resets_tree = True
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TransformerWrapper:
+        """Rebuild a model from ``config_dict()``: same modules, same state-dict keys."""
+        data = dict(config)
+        name = data.pop("class", cls.__name__)
+        if name != cls.__name__:
+            raise ValueError(f"{cls.__name__}.from_config: got a configuration of class {name!r}")
+        if "attn_layers" not in data:
+            raise ValueError(f"{cls.__name__}.from_config: the configuration has no 'attn_layers'")
+        attn_layers = AttentionLayers.from_config(data.pop("attn_layers"))
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model._setup(from_dict(WrapperConfig, data), attn_layers)
+        return model
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter (e.g. after building on the meta device)."""
+        reset_module_tree(self)
+
+    def _setup(self, config: WrapperConfig, attn_layers: AttentionLayers) -> None:
+        """Build the embeddings and head around `attn_layers` (constructor and from_config)."""
         self.config = config
         dim = attn_layers.dim
         emb_dim = config.emb_dim or dim
@@ -157,6 +181,9 @@ class TransformerWrapper(nn.Module):
         """
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
+        if kwargs:
+            self._check_forward_kwargs(kwargs)
+        x = as_token_ids("x", x, check_inputs)
         offset = self._token_offset(cache)
         if check_inputs:
             self._check_inputs(
@@ -180,6 +207,7 @@ class TransformerWrapper(nn.Module):
                 pos = pos[offset:]
         n = x.shape[1]
         h = self.token_emb(x)
+        stack_pos = pos
         if self.pos_emb is not None:
             if pos is None:
                 pos = torch.arange(offset, offset + n, device=x.device)
@@ -192,6 +220,8 @@ class TransformerWrapper(nn.Module):
         h = self.post_emb_norm(h)
         if prepend_embeds is not None:
             h, mask = self._prepend(h, mask, prepend_embeds, prepend_mask, cache)
+        if stack_pos is not None:
+            stack_pos = self._stack_positions(stack_pos, prepend_embeds, cache)
         if self.config.emb_frac_gradient < 1:
             frac = self.config.emb_frac_gradient
             h = h * frac + h.detach() * (1 - frac)
@@ -204,6 +234,7 @@ class TransformerWrapper(nn.Module):
             cache=cache,
             return_hiddens=return_intermediates,
             return_attn=return_attn,
+            pos=stack_pos,
             **kwargs,
         )
         h, inter = out if want_inter else (out, None)
@@ -219,6 +250,32 @@ class TransformerWrapper(nn.Module):
         if return_attn:
             return result, [i.post_softmax_attn for i in inter.attn_intermediates]
         return result
+
+    @staticmethod
+    def _stack_positions(
+        pos: Tensor, prepend_embeds: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
+        """Token positions (n,) / (b, n) -> positions in the stack's sequence, where prepended
+        embeddings take the first places."""
+        pos = pos if pos.ndim == 2 else pos.unsqueeze(0)
+        if prepend_embeds is not None:
+            b, p = prepend_embeds.shape[:2]
+            head = torch.arange(p, device=pos.device).expand(max(b, pos.shape[0]), p)
+            return torch.cat((head, (pos + p).expand(head.shape[0], -1)), dim=1)
+        if cache is not None and cache.num_prepended:
+            return pos + cache.num_prepended
+        return pos
+
+    def _check_forward_kwargs(self, kwargs: dict[str, Any]) -> None:
+        """Keywords the stack takes pass; others raise, suggesting from this forward's and the
+        stack's keywords."""
+        stack_params = inspect.signature(self.attn_layers.forward).parameters
+        takes = {n for n, p in stack_params.items() if p.kind is p.KEYWORD_ONLY or n != "x"}
+        takes -= {"args", "kwargs", "return_hiddens", "cache", "mask", "return_attn", "pos"}
+        for name in kwargs:
+            if name not in takes and name not in LATER_FORWARD:
+                own = [n for n in inspect.signature(self.forward).parameters if n != "kwargs"]
+                raise unknown_keyword(f"{type(self).__name__}.forward", name, [*own, *takes])
 
     def _prepend(
         self,
