@@ -161,9 +161,7 @@ def parse_stack_config(
             raise unknown_keyword(owner, key, _valid_names())
 
     attention = _build(AttentionConfig, owner, "attn_", prefixed["attn_"])
-    cross = _build(
-        AttentionConfig, owner, "cross_attn_", prefixed["cross_attn_"], base=attention
-    )
+    cross = _build(AttentionConfig, owner, "cross_attn_", prefixed["cross_attn_"], base=attention)
     feedforward = _build(FeedForwardConfig, owner, "ff_", prefixed["ff_"])
     groups = {
         name: build_options(cls, owner, grouped[name], valid=_valid_names())

@@ -113,7 +113,9 @@ class Attend(nn.Module):
             sim = sim.masked_fill(~keep, torch.finfo(sim.dtype).min)
         for hook in self.masked_logit_hooks:
             sim = hook(sim)
-        attn = sim.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        # half precision softmaxes in float32; float32/float64 stay as they are
+        attn = sim.softmax(dim=-1, dtype=torch.promote_types(sim.dtype, torch.float32))
+        attn = attn.to(q.dtype)
         for hook in self.prob_hooks:
             attn = hook(attn)
         if mask.row_valid is not None:

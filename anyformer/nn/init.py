@@ -30,6 +30,10 @@ def reset_module_tree(root: nn.Module) -> None:
     Composite models (``_resets_tree = True``: stacks and wrappers, whose ``reset_parameters``
     starts this pass) contribute only their ``_reset_own_parameters`` if they define one.
     """
+    for module in root.modules():
+        tie = getattr(module, "tie_weights", None)
+        if tie is not None:
+            tie()  # moving off the meta device (to_empty) unties shared parameters
     done: set[int] = set()
     for module in _post_order(root, set()):
         if getattr(module, "_resets_tree", False):

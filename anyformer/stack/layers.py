@@ -68,7 +68,9 @@ class AttentionLayers(nn.Module):
         self.disable_abs_pos_emb = config.disable_abs_pos_emb
         self.layer_types = config.layer_types
         self.layers = nn.ModuleList(self._build_block(t) for t in self.layer_types)
-        self.final_norm = build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
+        self.final_norm = (
+            build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
+        )
         self.attn_bias: nn.Module | None = None  # additive position bias (ALiBi, T5, ...)
         self._set_execution_order(tuple(range(len(self.layers))))
 

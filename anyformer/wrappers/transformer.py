@@ -121,8 +121,13 @@ class TransformerWrapper(nn.Module):
         self.to_logits: nn.Module = nn.Identity()
         if not config.return_only_embed:
             self.to_logits = nn.Linear(dim, logits_dim, bias=False)
-            if config.tie_embedding:
-                self.to_logits.weight = self.token_emb.emb.weight
+            self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """With tie_embedding, the head's weight is the token embedding's (re-tied after a move
+        off the meta device)."""
+        if self.config.tie_embedding and not self.config.return_only_embed:
+            self.to_logits.weight = self.token_emb.emb.weight
 
     @property
     def can_cache_kv(self) -> bool:

@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config.options import to_dict
+from ..config.options import from_dict, to_dict
+from ..config.vit import ViTConfig
+from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
 from ..stack.layers import AttentionLayers
 
@@ -35,40 +37,7 @@ class ViTransformerWrapper(nn.Module):
             raise TypeError(
                 f"ViTransformerWrapper: attn_layers must be an Encoder, got {type(attn_layers).__name__}"
             )
-        for name, value in (
-            ("image_size", image_size),
-            ("patch_size", patch_size),
-            ("channels", channels),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ViTransformerWrapper: {name} must be an int >= 1, got {value!r}")
-        if image_size % patch_size:
-            raise ValueError(
-                f"ViTransformerWrapper: image_size ({image_size}) must be divisible by "
-                f"patch_size ({patch_size})"
-            )
-        if num_register_tokens < 0:
-            raise ValueError(
-                f"ViTransformerWrapper: num_register_tokens must be >= 0, got {num_register_tokens}"
-            )
-        dim = attn_layers.dim
-        self.image_size, self.patch_size, self.channels = image_size, patch_size, channels
-        num_patches = (image_size // patch_size) ** 2
-        patch_dim = channels * patch_size**2
-        self.pos_embedding = nn.Parameter(torch.randn(1, num_patches, dim) * 0.02)
-        self.register_tokens = (
-            nn.Parameter(torch.randn(num_register_tokens, dim) * 0.02)
-            if num_register_tokens
-            else None
-        )
-        self.patch_to_embedding = nn.Sequential(
-            LayerNorm(patch_dim), nn.Linear(patch_dim, dim), LayerNorm(dim)
-        )
-        self.post_emb_norm = LayerNorm(dim) if post_emb_norm else nn.Identity()
-        self.dropout = nn.Dropout(emb_dropout)
-        self.attn_layers = attn_layers
-        self.mlp_head = nn.Linear(dim, num_classes) if num_classes is not None else None
-        self._config = dict(
+        config = ViTConfig(
             image_size=image_size,
             patch_size=patch_size,
             channels=channels,
@@ -77,12 +46,61 @@ class ViTransformerWrapper(nn.Module):
             num_register_tokens=num_register_tokens,
             emb_dropout=emb_dropout,
         )
+        self._setup(config, attn_layers)
+
+    _resets_tree = True
+
+    def _setup(self, config: ViTConfig, attn_layers: AttentionLayers) -> None:
+        self.config = config
+        dim = attn_layers.dim
+        self.image_size, self.patch_size = config.image_size, config.patch_size
+        self.channels = config.channels
+        patch_dim = config.channels * config.patch_size**2
+        self.pos_embedding = nn.Parameter(torch.empty(1, config.num_patches, dim))
+        self.register_tokens = (
+            nn.Parameter(torch.empty(config.num_register_tokens, dim))
+            if config.num_register_tokens
+            else None
+        )
+        self.patch_to_embedding = nn.Sequential(
+            LayerNorm(patch_dim), nn.Linear(patch_dim, dim), LayerNorm(dim)
+        )
+        self.post_emb_norm = LayerNorm(dim) if config.post_emb_norm else nn.Identity()
+        self.dropout = nn.Dropout(config.emb_dropout)
+        self.attn_layers = attn_layers
+        self.mlp_head = (
+            nn.Linear(dim, config.num_classes) if config.num_classes is not None else None
+        )
+        self._reset_own_parameters()
+
+    def _reset_own_parameters(self) -> None:
+        """Positions and registers start as N(0, 0.02^2)."""
+        nn.init.normal_(self.pos_embedding, std=0.02)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=0.02)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter (e.g. after building on the meta device)."""
+        reset_module_tree(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ViTransformerWrapper:
+        """Rebuild a model from ``config_dict()``: same modules, same state-dict keys."""
+        data = dict(config)
+        name = data.pop("class", cls.__name__)
+        if name != cls.__name__:
+            raise ValueError(f"{cls.__name__}.from_config: got a configuration of class {name!r}")
+        attn_layers = AttentionLayers.from_config(data.pop("attn_layers"))
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model._setup(from_dict(ViTConfig, data), attn_layers)
+        return model
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved configuration as a plain dict."""
         return {
             "class": type(self).__name__,
-            **to_dict(self._config),
+            **to_dict(self.config),
             "attn_layers": self.attn_layers.config_dict(),
         }
 

@@ -8,9 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from ..config.later import LATER_WRAPPER
-from ..config.options import suggest
+from ..config.options import from_dict, suggest, to_dict
 from ..config.stack import stack_keyword_names
+from ..config.vit import XTransformerConfig
 from ..generation.autoregressive import AutoregressiveWrapper
+from ..nn.init import reset_module_tree
 from ..stack.layers import Decoder, Encoder
 from .transformer import _WRAPPER_FIELDS, TransformerWrapper
 
@@ -84,55 +86,71 @@ class XTransformer(nn.Module):
         dec_kwargs = {k[4:]: v for k, v in kwargs.items() if k.startswith("dec_")}
         for name in kwargs:
             if not name.startswith(("enc_", "dec_")):
-                valid = [
-                    "dim",
-                    "tie_token_emb",
-                    "ignore_index",
-                    "pad_value",
-                    "cross_attn_tokens_dropout",
-                ]
+                valid = list(XTransformerConfig.__dataclass_fields__)
                 raise TypeError(
                     f"XTransformer got an unexpected keyword argument {name!r}: options of one side "
                     f"take an enc_ or dec_ prefix.{suggest(name, valid)}"
                 )
-        if not 0.0 <= cross_attn_tokens_dropout < 1.0:
-            raise ValueError(
-                f"XTransformer: cross_attn_tokens_dropout must be in [0, 1), got {cross_attn_tokens_dropout}"
-            )
-        enc_wrapper, enc_stack = _route("enc", enc_kwargs)
-        dec_wrapper, dec_stack = _route("dec", dec_kwargs)
-        self.cross_attn_tokens_dropout = cross_attn_tokens_dropout
-        self._config = dict(
+        config = XTransformerConfig(
             dim=dim,
             tie_token_emb=tie_token_emb,
             ignore_index=ignore_index,
             pad_value=pad_value,
             cross_attn_tokens_dropout=cross_attn_tokens_dropout,
         )
-        self.encoder = TransformerWrapper(
+        enc_wrapper, enc_stack = _route("enc", enc_kwargs)
+        dec_wrapper, dec_stack = _route("dec", dec_kwargs)
+        encoder = TransformerWrapper(
             **enc_wrapper, return_only_embed=True, attn_layers=Encoder(dim=dim, **enc_stack)
         )
         decoder = TransformerWrapper(
             **dec_wrapper, attn_layers=Decoder(dim=dim, cross_attend=True, **dec_stack)
         )
-        if tie_token_emb:
-            if self.encoder.token_emb.emb.weight.shape != decoder.token_emb.emb.weight.shape:
+        self._setup(config, encoder, decoder)
+
+    _resets_tree = True
+
+    def _setup(
+        self, config: XTransformerConfig, encoder: TransformerWrapper, decoder: TransformerWrapper
+    ) -> None:
+        self.config = config
+        self.cross_attn_tokens_dropout = config.cross_attn_tokens_dropout
+        self.encoder = encoder
+        if config.tie_token_emb:
+            if encoder.token_emb.emb.weight.shape != decoder.token_emb.emb.weight.shape:
                 raise ValueError(
                     "XTransformer: tie_token_emb=True needs enc_num_tokens == dec_num_tokens (and "
-                    f"equal embedding widths), got {self.encoder.num_tokens} and {decoder.num_tokens}"
+                    f"equal embedding widths), got {encoder.num_tokens} and {decoder.num_tokens}"
                 )
-            decoder.token_emb = self.encoder.token_emb
-            if decoder.config.tie_embedding:
-                decoder.to_logits.weight = decoder.token_emb.emb.weight
+            decoder.token_emb = encoder.token_emb
+            decoder.tie_weights()
         self.decoder = AutoregressiveWrapper(
-            decoder, ignore_index=ignore_index, pad_value=pad_value
+            decoder, ignore_index=config.ignore_index, pad_value=config.pad_value
         )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> XTransformer:
+        """Rebuild a model from ``config_dict()``: same modules, same state-dict keys."""
+        data = dict(config)
+        name = data.pop("class", cls.__name__)
+        if name != cls.__name__:
+            raise ValueError(f"{cls.__name__}.from_config: got a configuration of class {name!r}")
+        encoder = TransformerWrapper.from_config(data.pop("encoder"))
+        decoder = TransformerWrapper.from_config(data.pop("decoder"))
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model._setup(from_dict(XTransformerConfig, data), encoder, decoder)
+        return model
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter (e.g. after building on the meta device)."""
+        reset_module_tree(self)
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved configuration as a plain dict."""
         return {
             "class": type(self).__name__,
-            **self._config,
+            **to_dict(self.config),
             "encoder": self.encoder.config_dict(),
             "decoder": self.decoder.net.config_dict(),
         }
@@ -179,5 +197,22 @@ class XTransformer(nn.Module):
         """Encode seq_in once, then generate seq_len tokens after seq_out_start (cached)."""
         enc, mask = self.encode(seq_in, mask, attn_mask, src_prepend_embeds)
         return self.decoder.generate(
+            seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs
+        )
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        seq_in: Tensor,
+        seq_out_start: Tensor,
+        seq_len: int,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        src_prepend_embeds: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Encode seq_in once, then beam-search seq_len tokens (AutoregressiveWrapper.beam_search)."""
+        enc, mask = self.encode(seq_in, mask, attn_mask, src_prepend_embeds)
+        return self.decoder.beam_search(
             seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs
         )
