@@ -1,0 +1,420 @@
+"""x-transformers checkpoints <-> anyformer models, exactly (every tensor used, or an error).
+
+Build the anyformer model with the keywords the x-transformers model was built with, then
+``load_x_transformers_state_dict(model, state_dict)``; ``to_x_transformers_state_dict(model)``
+goes the other way. The layout is the one of x-transformers 1.28.x (2.x where its module layout
+is the same). Where the two layouts differ, a rule below says how; everything else keeps its name.
+
+A rule is a function of one anyformer module that returns specs, all relative to that module:
+
+- ``Rename(ours, theirs)``: a child module or tensor stored under another name ("" = merged into
+  the parent, as the attention projections are).
+- ``Fused(ours, theirs, sizes)``: one of our tensors is several of theirs concatenated on dim 0
+  (the fused q/k/v projection).
+- ``Derived(ours, source)``: a tensor x-transformers does not store because it is tied to another
+  one (the output head with ``tie_embedding=True``).
+- ``Extra(theirs, template, fill, accept, reason)``: a tensor x-transformers stores and anyformer
+  has no use for. ``fill``: ``to_x_transformers_state_dict`` writes zeros of the template's
+  shape (so x-transformers computes what anyformer computes); ``accept``: ``"any"`` (unused by
+  x-transformers too), ``"zeros"`` (exact only when all zero) or ``"never"`` (it changes the
+  function: loading fails with ``reason``). An absent extra is always fine.
+
+New modules or options add a rule to ``RULES`` (or a spec to an existing rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.attention import Attention, FusedQKV, SplitQKV
+from ..nn.feedforward import FeedForward
+from ..stack.blocks import Block
+from ..stack.layers import AttentionLayers
+from ..wrappers.transformer import TransformerWrapper
+from ..wrappers.xtransformer import XTransformer
+
+__all__ = [
+    "RULES",
+    "Derived",
+    "Extra",
+    "Fused",
+    "Rename",
+    "load_x_transformers_state_dict",
+    "to_x_transformers_state_dict",
+]
+
+
+@dataclass(frozen=True)
+class Rename:
+    """Our child module or tensor ``ours`` is x-transformers' ``theirs`` ("" = the parent)."""
+
+    ours: str
+    theirs: str
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Our tensor ``ours`` is their tensors ``theirs`` concatenated on dim 0 (``sizes`` rows each)."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Our tensor ``ours`` is tied to our tensor ``source``; x-transformers does not store it."""
+
+    ours: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A tensor only x-transformers has (see the module docstring for fill / accept)."""
+
+    theirs: str
+    template: Tensor
+    fill: bool
+    accept: str  # "any" | "zeros" | "never"
+    reason: str
+
+
+Spec = Rename | Fused | Derived | Extra
+
+
+# --- the rules, one per anyformer module type whose layout differs --------------------------
+
+
+def _block(m: Block) -> list[Spec]:
+    # x-transformers: layers.i = ModuleList([ModuleList([pre, post_branch, post_main]), branch, residual])
+    return [
+        Rename("pre_norm", "0.0"),
+        Rename("post_branch_norm", "0.1"),
+        Rename("post_norm", "0.2"),
+        Rename("branch", "1"),
+        Rename("residual", "2"),
+    ]
+
+
+def _attention(m: Attention) -> list[Spec]:
+    return [Rename("qkv", "")]  # to_q / to_k / to_v sit directly in x-transformers' Attention
+
+
+def _fused_qkv(m: FusedQKV) -> list[Spec]:
+    return [Fused("to_qkv.weight", ("to_q.weight", "to_k.weight", "to_v.weight"), (m.inner,) * 3)]
+
+
+def _split_qkv(m: SplitQKV) -> list[Spec]:
+    return [Fused("to_kv.weight", ("to_k.weight", "to_v.weight"), (m.inner, m.inner))]
+
+
+def _feedforward(m: FeedForward) -> list[Spec]:
+    # x-transformers: ff = Sequential(proj_in [+ act], [LayerNorm], Dropout, Linear), Nones dropped
+    c = m.config
+    specs: list[Spec] = [
+        Rename("proj_out", f"ff.{3 if c.post_act_ln else 2}"),
+        Rename("post_act_norm", "ff.1"),
+    ]
+    if not c.glu:
+        return [*specs, Rename("proj_in", "ff.0.0")]
+    specs += [
+        Rename("proj_in", "ff.0.proj"),
+        Rename("act", "ff.0"),
+    ]  # act.mult_bias -> ff.0.mult_bias
+    if c.no_bias:
+        weight = m.proj_in.weight
+        specs.append(
+            Extra(
+                "ff.0.proj.bias",
+                torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device),
+                fill=True,
+                accept="zeros",
+                reason="x-transformers keeps the GLU projection bias with ff_no_bias=True (a "
+                "defect that anyformer fixes): only an all-zero bias converts exactly; build the "
+                "anyformer model with ff_no_bias=False to keep every bias",
+            )
+        )
+    return specs
+
+
+def _attention_layers(m: AttentionLayers) -> list[Spec]:
+    c = m.config
+    if not (c.pre_norm and not c.pre_norm_has_final_norm):
+        return []
+    weight = next(m.parameters())
+    return [
+        Extra(
+            "final_norm.weight",
+            torch.ones(c.dim, dtype=weight.dtype, device=weight.device),
+            fill=False,
+            accept="never",
+            reason="x-transformers 1.28.2 ignores pre_norm_has_final_norm=False and builds and "
+            "applies this final norm (a defect fixed in 2.x): build the anyformer model with "
+            "pre_norm_has_final_norm=True to load this checkpoint exactly",
+        )
+    ]
+
+
+def _transformer_wrapper(m: TransformerWrapper) -> list[Spec]:
+    if m.config.tie_embedding:
+        return [Derived("to_logits.weight", "token_emb.emb.weight")]  # x-transformers: a lambda
+    return []
+
+
+def _xtransformer(m: XTransformer) -> list[Spec]:
+    weight = m.encoder.token_emb.emb.weight
+    return [
+        Extra(
+            "encoder.to_logits.weight",
+            torch.zeros(
+                m.encoder.num_tokens,
+                m.encoder.attn_layers.dim,
+                dtype=weight.dtype,
+                device=weight.device,
+            ),
+            fill=True,
+            accept="any",
+            reason="the encoder output head x-transformers builds and never uses",
+        )
+    ]
+
+
+#: anyformer module type -> rule; the most specific type in a module's MRO wins.
+RULES: dict[type, Callable[[nn.Module], list[Spec]]] = {
+    Block: _block,
+    Attention: _attention,
+    FusedQKV: _fused_qkv,
+    SplitQKV: _split_qkv,
+    FeedForward: _feedforward,
+    AttentionLayers: _attention_layers,
+    TransformerWrapper: _transformer_wrapper,
+    XTransformer: _xtransformer,
+}
+
+
+# --- the engine: rules -> links between full keys -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Link:
+    ours: str | None  # None: an Extra
+    theirs: tuple[str, ...]  # () : a Derived tensor
+    sizes: tuple[int, ...] | None = None  # Fused: rows per piece
+    source: str | None = None  # Derived
+    extra: Extra | None = None
+
+
+def _join(prefix: str, name: str) -> str:
+    return ".".join(p for p in (prefix, name) if p)
+
+
+def _rule(module: nn.Module) -> Callable[[nn.Module], list[Spec]] | None:
+    for cls in type(module).__mro__:
+        if cls in RULES:
+            return RULES[cls]
+    return None
+
+
+def _own_tensors(module: nn.Module) -> list[str]:
+    """Names of the tensors this module itself puts in its state_dict."""
+    names = [n for n, p in module._parameters.items() if p is not None]
+    names += [
+        n
+        for n, b in module._buffers.items()
+        if b is not None and n not in module._non_persistent_buffers_set
+    ]
+    return names
+
+
+def _links(model: nn.Module) -> list[_Link]:
+    links: list[_Link] = []
+    claimed: set[str] = set()
+
+    def visit(module: nn.Module, ours: str, theirs: str) -> None:
+        rule = _rule(module)
+        renames: dict[str, str] = {}
+        for spec in rule(module) if rule is not None else []:
+            if isinstance(spec, Rename):
+                renames[spec.ours] = spec.theirs
+            elif isinstance(spec, Fused):
+                key = _join(ours, spec.ours)
+                claimed.add(key)
+                pieces = tuple(_join(theirs, t) for t in spec.theirs)
+                links.append(_Link(key, pieces, sizes=spec.sizes))
+            elif isinstance(spec, Derived):
+                key = _join(ours, spec.ours)
+                claimed.add(key)
+                links.append(_Link(key, (), source=_join(ours, spec.source)))
+            else:
+                links.append(_Link(None, (_join(theirs, spec.theirs),), extra=spec))
+        for name in _own_tensors(module):
+            key = _join(ours, name)
+            if key not in claimed:
+                links.append(_Link(key, (_join(theirs, renames.get(name, name)),)))
+        for name, child in module.named_children():
+            visit(child, _join(ours, name), _join(theirs, renames.get(name, name)))
+
+    visit(model, "", "")
+    own = [link.ours for link in links if link.ours is not None]
+    expected = list(model.state_dict().keys())
+    if sorted(own) != sorted(expected):  # a rule names a tensor the model does not have
+        raise RuntimeError(
+            f"x-transformers conversion rules do not cover {type(model).__name__} exactly: "
+            f"rules give {sorted(set(own) - set(expected))}, "
+            f"the model has {sorted(set(expected) - set(own))} unmapped"
+        )
+    return links
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _check_model(fn: str, model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be an anyformer nn.Module, got {type(model).__name__}")
+
+
+# --- public API --------------------------------------------------------------------------
+
+
+def to_x_transformers_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state_dict of the x-transformers model built with the same keywords as ``model``.
+
+    Fused projections are split (copies); a head tied to the token embedding is left out, as
+    x-transformers does; tensors that only x-transformers has are zeros where that is exact
+    (the GLU bias with ``ff_no_bias=True``, the unused XTransformer encoder head). With
+    ``pre_norm=True, pre_norm_has_final_norm=False`` no final norm is written: x-transformers
+    2.x loads the result as is, 1.28.2 (which always builds one) only with ``strict=False``.
+    """
+    _check_model("to_x_transformers_state_dict", model)
+    ours = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for link in _links(model):
+        if link.extra is not None:
+            if link.extra.fill:
+                out[link.theirs[0]] = link.extra.template.clone()
+        elif link.sizes is not None:
+            for key, piece in zip(link.theirs, ours[link.ours].split(link.sizes, dim=0)):
+                out[key] = piece.clone()
+        elif link.theirs:
+            out[link.theirs[0]] = ours[link.ours]
+    return out
+
+
+def load_x_transformers_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load a state_dict saved from x-transformers into ``model`` (built with the same keywords).
+
+    Strict: every tensor of ``state_dict`` must be used and every tensor of ``model`` filled,
+    with the same shapes; otherwise a ValueError lists the unmatched keys and the shapes that
+    differ, and ``model`` is left unchanged. The encoder output head that x-transformers'
+    XTransformer builds but never uses (``encoder.to_logits.weight``) is accepted and dropped.
+    """
+    fn = "load_x_transformers_state_dict"
+    _check_model(fn, model)
+    _check_state_dict(fn, state_dict)
+    match = _Match(model.state_dict(), dict(state_dict))
+    derived = []
+    for link in _links(model):
+        if link.extra is not None:
+            match.extra(link.theirs[0], link.extra)
+        elif link.source is not None:
+            derived.append(link)
+        else:
+            match.take(link)
+    match.raise_if_unmatched(fn, type(model).__name__)
+    for link in derived:
+        match.new[link.ours] = match.new[link.source]
+    _check_tied(fn, match.expected, match.new)
+    model.load_state_dict(match.new, strict=True)
+
+
+def _check_state_dict(fn: str, state_dict: Mapping[str, Tensor]) -> None:
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"{fn}: state_dict must be a mapping of str to Tensor, got {type(state_dict).__name__}"
+        )
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise TypeError(
+                f"{fn}: state_dict must map str to Tensor, got {key!r}: {type(value).__name__}"
+            )
+
+
+class _Match:
+    """Consumes the checkpoint's tensors link by link and records what does not fit."""
+
+    def __init__(self, expected: Mapping[str, Tensor], remaining: dict[str, Tensor]) -> None:
+        self.expected = expected
+        self.remaining = remaining
+        self.new: dict[str, Tensor] = {}
+        self.missing: list[str] = []
+        self.shapes: list[str] = []
+        self.rejected: list[str] = []
+
+    def _pop(self, key: str, shape: tuple[int, ...]) -> Tensor | None:
+        if key not in self.remaining:
+            self.missing.append(f"{key}: {shape}")
+            return None
+        value = self.remaining.pop(key)
+        if _shape(value) != shape:
+            self.shapes.append(f"{key}: {_shape(value)} in state_dict, {shape} expected")
+            return None
+        return value
+
+    def take(self, link: _Link) -> None:
+        target = _shape(self.expected[link.ours])
+        shapes = [target] if link.sizes is None else [(n, *target[1:]) for n in link.sizes]
+        pieces = [self._pop(key, shape) for key, shape in zip(link.theirs, shapes)]
+        if all(p is not None for p in pieces):
+            self.new[link.ours] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+
+    def extra(self, key: str, extra: Extra) -> None:
+        if key not in self.remaining:
+            return  # absent is fine: x-transformers versions without the tensor
+        value = self._pop(key, _shape(extra.template))
+        if value is None:
+            return
+        if extra.accept == "never" or (extra.accept == "zeros" and bool(value.any())):
+            self.rejected.append(f"{key}: {extra.reason}")
+
+    def raise_if_unmatched(self, fn: str, owner: str) -> None:
+        problems = [
+            (f"keys of state_dict this {owner} has no place for", self._unused()),
+            ("keys this model needs that state_dict lacks", self.missing),
+            ("shapes that differ", self.shapes),
+            ("tensors anyformer cannot represent exactly", self.rejected),
+        ]
+        if not any(items for _, items in problems):
+            return
+        lines = [f"{fn}: the state_dict does not match this {owner}:"]
+        for title, items in problems:
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {item}" for item in items)
+        raise ValueError("\n".join(lines))
+
+    def _unused(self) -> list[str]:
+        return [f"{key}: {_shape(value)}" for key, value in self.remaining.items()]
+
+
+def _check_tied(fn: str, expected: Mapping[str, Tensor], new: Mapping[str, Tensor]) -> None:
+    """Keys that share one tensor in the model must receive equal values."""
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for key, tensor in expected.items():
+        if tensor.numel():
+            groups.setdefault((tensor.data_ptr(), _shape(tensor)), []).append(key)
+    for keys in groups.values():
+        first = new[keys[0]]
+        differ = [k for k in keys[1:] if not torch.equal(new[k], first)]
+        if differ:
+            raise ValueError(
+                f"{fn}: {[keys[0], *differ]} are one tied tensor in this model but hold "
+                "different values in state_dict (build the model with the tying the checkpoint "
+                "was trained with)"
+            )

@@ -1,0 +1,316 @@
+"""The oracle table: configurations built in anyformer and in x-transformers 1.28.2.
+
+A row is (id, kind, shared keywords, optional per-side overrides, inputs, known-defect note).
+Every row is built on both sides from the same keywords, the weights are copied through the
+converter and ``test_oracle.py`` checks logits, loss, gradients and greedy decoding. A later
+issue that adds a keyword adds rows here (and, if the layouts differ, a rule in
+``anyformer/convert/x_transformers.py``).
+
+Kinds (what is built, and how it is driven):
+
+- ``decoder``: TransformerWrapper(Decoder); loss through AutoregressiveWrapper, greedy decoding.
+- ``encoder``: TransformerWrapper(Encoder); cross-entropy on the logits.
+- ``prefix``: TransformerWrapper(PrefixDecoder) called with ``prefix_attn_len``; cross-entropy.
+- ``cross``: TransformerWrapper(Decoder(cross_attend=True)) with a context (and context mask);
+  loss through AutoregressiveWrapper, greedy decoding.
+- ``cross_attender``: TransformerWrapper(CrossAttender) with a context; cross-entropy.
+- ``vit``: ViTransformerWrapper(Encoder); cross-entropy on the class logits (mean square of the
+  embeddings without a head).
+- ``xtransformer``: XTransformer (``wrapper`` holds all its keywords); its own loss, greedy
+  decoding through ``generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Stack keywords every row starts from (a row's ``stack`` overrides them).
+BASE_STACK: dict[str, Any] = dict(dim=16, depth=2, heads=2, attn_dim_head=8)
+#: TransformerWrapper keywords every token row starts from.
+BASE_WRAPPER: dict[str, Any] = dict(num_tokens=32, max_seq_len=48)
+#: ViTransformerWrapper keywords every vit row starts from.
+BASE_VIT: dict[str, Any] = dict(image_size=8, patch_size=4, num_classes=5)
+#: XTransformer keywords every xtransformer row starts from.
+BASE_XTRANSFORMER: dict[str, Any] = dict(
+    dim=16,
+    enc_num_tokens=32,
+    enc_max_seq_len=48,
+    enc_depth=2,
+    enc_heads=2,
+    enc_attn_dim_head=8,
+    dec_num_tokens=32,
+    dec_max_seq_len=48,
+    dec_depth=2,
+    dec_heads=2,
+    dec_attn_dim_head=8,
+)
+
+
+@dataclass(frozen=True)
+class Defect:
+    """A defect of x-transformers 1.28.2 that anyformer fixes (reproduced by running 1.28.2)."""
+
+    note: str
+    #: the oracle checks ("logits", "loss", "generate") that still hold exactly on its rows;
+    #: test_oracle.py has one test per defect that asserts exactly the difference it makes
+    holds: tuple[str, ...] = ()
+
+
+DEFECTS: dict[str, Defect] = {
+    "final_norm_ignored": Defect(
+        "pre_norm_has_final_norm=False is ignored: 1.28.2 builds and applies a final LayerNorm "
+        "anyway (fixed in x-transformers 2.x); its logits are ours with that norm applied to the "
+        "last hidden state",
+    ),
+    "glu_bias_kept": Defect(
+        "ff_no_bias=True keeps the bias of the GLU input projection; 1.28.2's logits are ours "
+        "with that bias added to the projection (equal when it is zero, which is what "
+        "to_x_transformers_state_dict writes)",
+        holds=("logits", "loss", "generate"),
+    ),
+    "cache_trim_without_positions": Defect(
+        "max_seq_len=0 (no absolute positions) with the KV cache: 1.28.2's generate trims the "
+        "cache to its last max_seq_len - 1 = -1 entries, i.e. drops the oldest key at every "
+        "step, so cached greedy decoding departs from uncached; without that trim it matches",
+        holds=("logits", "loss"),
+    ),
+    "empty_row_attends_everything": Defect(
+        "attn_flash=False: a query with no key to attend to (a context row that is all masked) "
+        "gets the mean of all the masked values in 1.28.2, where anyformer (and 1.28.2's own "
+        "flash path on torch >= 2.5) gives zeros",
+    ),
+}
+
+#: Differences that are not defects: behaviour on positions no loss or output depends on.
+NOTES: dict[str, str] = {
+    "padded_queries": (
+        "with a padding mask, 1.28.2 zeroes the attention outputs at padded query positions; "
+        "anyformer computes them as usual. Kept positions never see them (they are masked as "
+        "keys), so only the logits at padded positions differ, by exactly that zeroing"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration of the oracle."""
+
+    id: str
+    kind: str
+    stack: dict[str, Any] = field(default_factory=dict)
+    wrapper: dict[str, Any] = field(default_factory=dict)
+    ours: dict[str, dict[str, Any]] = field(default_factory=dict)  # {"stack": .., "wrapper": ..}
+    theirs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    defect: str | None = None  # a key of DEFECTS: 1.28.2 differs, and the test says exactly how
+    xfail: str | None = None  # an anyformer bug this row exposes (strict xfail until fixed)
+
+    def keywords(self, side: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(stack keywords, wrapper keywords) for side "ours" or "theirs"."""
+        overrides = self.ours if side == "ours" else self.theirs
+        if self.kind == "xtransformer":
+            base_stack, base_wrapper = {}, BASE_XTRANSFORMER
+        elif self.kind == "vit":
+            base_stack, base_wrapper = BASE_STACK, BASE_VIT
+        else:
+            base_stack, base_wrapper = BASE_STACK, BASE_WRAPPER
+        stack = {**base_stack, **self.stack, **overrides.get("stack", {})}
+        wrapper = {**base_wrapper, **self.wrapper, **overrides.get("wrapper", {})}
+        return stack, wrapper
+
+    @property
+    def generates(self) -> bool:
+        return self.kind in ("decoder", "cross", "xtransformer")
+
+    def holds(self, check: str) -> bool:
+        """Whether oracle check "logits", "loss" or "generate" must hold exactly on this row."""
+        return self.defect is None or check in DEFECTS[self.defect].holds
+
+
+def _rows() -> list[Row]:
+    d, e = "decoder", "encoder"
+    masked = dict(mask=True)
+    return [
+        # --- stacks and wrappers with their defaults -------------------------------------
+        Row("decoder", d),
+        Row("encoder-mask", e, inputs=masked),
+        Row("prefix-decoder", "prefix", inputs=dict(prefix_attn_len=5)),
+        Row("prefix-decoder-per-row", "prefix", inputs=dict(prefix_attn_len=(3, 7))),
+        Row("cross-attend", "cross", stack=dict(cross_attend=True), inputs=dict(context_len=6)),
+        Row(
+            "cross-attend-context-mask",
+            "cross",
+            stack=dict(cross_attend=True),
+            inputs=dict(context_len=6, context_mask=True),
+        ),
+        Row(
+            "cross-attn-dim-context",
+            "cross",
+            stack=dict(cross_attend=True, cross_attn_dim_context=12),
+            inputs=dict(context_len=6, context_mask=True),
+        ),
+        Row(
+            "cross-context-row-all-masked",
+            "cross",
+            stack=dict(cross_attend=True),
+            inputs=dict(context_len=6, context_mask="row 1 empty"),
+            defect="empty_row_attends_everything",
+        ),
+        Row("only-cross", "cross_attender", inputs=dict(context_len=6, context_mask=True)),
+        Row("vit", "vit"),
+        Row(
+            "vit-no-head",
+            "vit",
+            wrapper=dict(num_classes=None),
+            xfail="anyformer returns the patch embeddings (b, n, dim) when num_classes=None; "
+            "x-transformers (1.28.2 and 2.x) returns their mean (b, dim): its head is then an "
+            "nn.Identity, so the mean pooling still runs",
+        ),
+        Row("vit-register-tokens", "vit", wrapper=dict(num_register_tokens=3)),
+        Row("vit-post-emb-norm-dropout", "vit", wrapper=dict(post_emb_norm=True, emb_dropout=0.1)),
+        Row("xtransformer", "xtransformer", inputs=masked),
+        Row("xtransformer-tie-token-emb", "xtransformer", wrapper=dict(tie_token_emb=True)),
+        Row(
+            "xtransformer-enc-dec-keywords",
+            "xtransformer",
+            wrapper=dict(
+                enc_depth=1,
+                enc_heads=4,
+                enc_attn_dim_head=4,
+                enc_ff_glu=True,
+                enc_use_abs_pos_emb=False,
+                dec_depth=3,
+                dec_ff_mult=2,
+                dec_scaled_sinu_pos_emb=True,
+                dec_emb_dropout=0.1,
+                dec_cross_attn_dim_head=4,
+            ),
+            inputs=masked,
+        ),
+        Row(
+            "xtransformer-cross-attn-tokens-dropout",
+            "xtransformer",
+            wrapper=dict(cross_attn_tokens_dropout=0.25),  # a training-time option: eval is exact
+            inputs=masked,
+        ),
+        # --- attention keywords, each alone ----------------------------------------------
+        Row("attn-dim-head-heads", d, stack=dict(heads=4, attn_dim_head=4)),
+        Row("attn-dropout", d, stack=dict(attn_dropout=0.1)),
+        Row("attn-flash", d, stack=dict(attn_flash=True)),
+        Row("attn-flash-encoder-mask", e, stack=dict(attn_flash=True), inputs=masked),
+        Row("attn-zero-init-output", d, stack=dict(attn_zero_init_output=True)),
+        # --- stack keywords --------------------------------------------------------------
+        Row("post-norm", d, stack=dict(pre_norm=False)),
+        Row("post-norm-encoder-mask", e, stack=dict(pre_norm=False), inputs=masked),
+        Row(
+            "pre-norm-no-final-norm",
+            d,
+            stack=dict(pre_norm_has_final_norm=False),
+            defect="final_norm_ignored",
+        ),
+        # --- feedforward keywords --------------------------------------------------------
+        Row("ff-mult", d, stack=dict(ff_mult=2)),
+        Row("ff-glu", d, stack=dict(ff_glu=True)),
+        Row("ff-swish", d, stack=dict(ff_swish=True)),
+        Row("ff-glu-mult-bias", d, stack=dict(ff_glu=True, ff_glu_mult_bias=True)),
+        Row("ff-post-act-ln", d, stack=dict(ff_post_act_ln=True)),
+        Row("ff-no-bias", d, stack=dict(ff_no_bias=True)),
+        Row("ff-no-bias-glu", d, stack=dict(ff_no_bias=True, ff_glu=True), defect="glu_bias_kept"),
+        Row("ff-relu-squared", d, stack=dict(ff_relu_squared=True)),
+        Row("ff-dropout", d, stack=dict(ff_dropout=0.1)),
+        Row("ff-zero-init-output", d, stack=dict(ff_zero_init_output=True)),
+        # --- TransformerWrapper keywords -------------------------------------------------
+        Row("emb-dim", d, wrapper=dict(emb_dim=12)),
+        Row("emb-dropout", d, wrapper=dict(emb_dropout=0.1)),
+        Row("post-emb-norm", d, wrapper=dict(post_emb_norm=True)),
+        Row("tie-embedding", d, wrapper=dict(tie_embedding=True)),
+        Row("logits-dim", e, wrapper=dict(logits_dim=7)),
+        Row("no-abs-pos-emb", d, wrapper=dict(use_abs_pos_emb=False)),
+        Row("max-seq-len-0", e, wrapper=dict(max_seq_len=0)),
+        Row(
+            "max-seq-len-0-decoder",
+            d,
+            wrapper=dict(max_seq_len=0),
+            defect="cache_trim_without_positions",
+        ),
+        Row("scaled-sinu-pos-emb", d, wrapper=dict(scaled_sinu_pos_emb=True)),
+        Row("l2norm-embed", d, wrapper=dict(l2norm_embed=True)),
+        Row("emb-frac-gradient", d, wrapper=dict(emb_frac_gradient=0.1)),
+        Row(
+            "embed-num-tokens",
+            e,
+            wrapper=dict(embed_num_tokens=dict(type=3)),
+            inputs=dict(embed_ids=True),
+        ),
+        # --- combinations ----------------------------------------------------------------
+        Row(
+            "combo-palm-decoder",
+            d,
+            stack=dict(ff_glu=True, ff_swish=True, ff_no_bias=False, attn_flash=True, heads=4),
+            wrapper=dict(tie_embedding=True, use_abs_pos_emb=False),
+        ),
+        Row(
+            "combo-bert-post-norm",
+            e,
+            stack=dict(pre_norm=False, ff_relu_squared=True, ff_post_act_ln=True, attn_dropout=0.1),
+            wrapper=dict(emb_dim=12, logits_dim=9, embed_num_tokens=dict(type=2, segment=4)),
+            inputs=dict(mask=True, embed_ids=True),
+        ),
+        Row(
+            "combo-cross-post-norm-flash",
+            "cross",
+            stack=dict(
+                cross_attend=True,
+                cross_attn_dim_context=10,
+                pre_norm=False,
+                attn_flash=True,
+                ff_glu=True,
+                ff_glu_mult_bias=True,
+            ),
+            inputs=dict(context_len=5, context_mask=True),
+        ),
+        Row(
+            "combo-prefix-sinu-glu",
+            "prefix",
+            stack=dict(ff_glu=True, ff_post_act_ln=True, attn_zero_init_output=True),
+            wrapper=dict(scaled_sinu_pos_emb=True, post_emb_norm=True),
+            inputs=dict(prefix_attn_len=(4, 9)),
+        ),
+        Row(
+            "combo-decoder-l2norm-frac",
+            d,
+            stack=dict(attn_dim_head=4, heads=3, ff_mult=3, ff_zero_init_output=True, depth=3),
+            wrapper=dict(l2norm_embed=True, emb_frac_gradient=0.5, post_emb_norm=True),
+        ),
+        Row(
+            "combo-vit-registers-flash",
+            "vit",
+            stack=dict(attn_flash=True, ff_glu=True, ff_swish=True, pre_norm=False),
+            wrapper=dict(num_register_tokens=2, post_emb_norm=True, channels=1, image_size=12),
+        ),
+        Row(
+            "combo-xtransformer",
+            "xtransformer",
+            wrapper=dict(
+                tie_token_emb=True,
+                enc_attn_flash=True,
+                dec_attn_flash=True,
+                enc_ff_glu=True,
+                dec_ff_swish=True,
+                dec_ff_post_act_ln=True,
+                enc_scaled_sinu_pos_emb=True,
+                dec_pre_norm=False,
+            ),
+            inputs=masked,
+        ),
+        Row(
+            "combo-cross-attend-encoder",
+            e,
+            stack=dict(cross_attend=True, cross_attn_dim_context=8, ff_no_bias=True),
+            inputs=dict(mask=True, context_len=4, context_mask=True),
+        ),
+    ]
+
+
+ROWS: list[Row] = _rows()
