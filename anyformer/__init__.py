@@ -6,6 +6,7 @@ from .cache import KVCache
 from .generation import AutoregressiveWrapper, min_p, top_a, top_k, top_p
 from .intermediates import Intermediates, LayerIntermediates
 from .nn import Attention, FeedForward
+from .serialization import load_pretrained, save_pretrained
 from .stack import AttentionLayers, CrossAttender, Decoder, Encoder, PrefixDecoder
 from .wrappers import TransformerWrapper, ViTransformerWrapper, XTransformer
 
@@ -25,7 +26,9 @@ __all__ = [
     "ViTransformerWrapper",
     "XTransformer",
     "__version__",
+    "load_pretrained",
     "min_p",
+    "save_pretrained",
     "top_a",
     "top_k",
     "top_p",
