@@ -49,6 +49,23 @@ TOKEN_MODELS = {
         scaled_sinu_pos_emb=True,
         attn_layers=Encoder(dim=16, depth=1, heads=2, pre_norm=False, ff_no_bias=True),
     ),
+    "hf_options": lambda: TransformerWrapper(
+        num_tokens=50,
+        max_seq_len=16,
+        post_emb_norm=True,
+        post_emb_norm_bias=True,
+        post_emb_norm_eps=1e-12,
+        attn_layers=Decoder(
+            dim=16,
+            depth=1,
+            heads=2,
+            norm_bias=True,
+            attn_qkv_bias=True,
+            attn_out_bias=True,
+            ff_inner_dim=24,
+            ff_gelu_tanh=True,
+        ),
+    ),
     "prefix": lambda: TransformerWrapper(
         num_tokens=50, max_seq_len=16, attn_layers=PrefixDecoder(dim=16, depth=1, heads=2)
     ),

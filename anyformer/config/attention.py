@@ -27,6 +27,10 @@ class AttentionConfig:
     onnxable: bool = option(
         False, "ONNX-friendly causal mask (always satisfied: masks are built without triu)"
     )
+    qkv_bias: bool = option(
+        False, "learned biases on the query/key/value projections (GPT-2, BERT)"
+    )
+    out_bias: bool = option(False, "learned bias on the output projection (GPT-2, BERT)")
 
     def __post_init__(self) -> None:
         p = current_prefix("attn_")

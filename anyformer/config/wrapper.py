@@ -20,6 +20,8 @@ class WrapperConfig:
     emb_dim: int | None = option(None, "embedding width when it differs from the model width")
     emb_dropout: float = option(0.0, "dropout after the embeddings")
     post_emb_norm: bool = option(False, "LayerNorm right after the embeddings (BLOOM)")
+    post_emb_norm_bias: bool = option(False, "the post-embedding LayerNorm has a bias (BERT)")
+    post_emb_norm_eps: float = option(1e-5, "epsilon of the post-embedding LayerNorm")
     tie_embedding: bool = option(
         False, "output head reuses the token embedding", "https://arxiv.org/abs/1608.05859"
     )
@@ -57,6 +59,10 @@ class WrapperConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TransformerWrapper: {name} must be >= 1, got {value}")
+        if not self.post_emb_norm_eps > 0:
+            raise ValueError(
+                f"TransformerWrapper: post_emb_norm_eps must be > 0, got {self.post_emb_norm_eps}"
+            )
         if not 0.0 <= self.emb_dropout < 1.0:
             raise ValueError(
                 f"TransformerWrapper: emb_dropout must be in [0, 1), got {self.emb_dropout}"

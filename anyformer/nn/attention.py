@@ -19,31 +19,35 @@ __all__ = ["Attention", "FusedQKV", "SplitQKV"]
 class FusedQKV(nn.Module):
     """One (dim -> 3 * inner) projection; with a separate context it slices the weight."""
 
-    def __init__(self, dim: int, inner: int) -> None:
+    def __init__(self, dim: int, inner: int, bias: bool = False) -> None:
         super().__init__()
         self.inner = inner
-        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=bias)
+
+    def _slice(self, part: slice) -> tuple[Tensor, Tensor | None]:
+        bias = self.to_qkv.bias
+        return self.to_qkv.weight[part], None if bias is None else bias[part]
 
     def forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         if context is None:
             return self.to_qkv(x).split(self.inner, dim=-1)
-        weight = self.to_qkv.weight
-        q = nn.functional.linear(x, weight[: self.inner])
-        k, v = nn.functional.linear(context, weight[self.inner :]).split(self.inner, dim=-1)
+        q = nn.functional.linear(x, *self._slice(slice(None, self.inner)))
+        kv = nn.functional.linear(context, *self._slice(slice(self.inner, None)))
+        k, v = kv.split(self.inner, dim=-1)
         return q, k, v
 
     def queries(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, self.to_qkv.weight[: self.inner])
+        return nn.functional.linear(x, *self._slice(slice(None, self.inner)))
 
 
 class SplitQKV(nn.Module):
     """Queries from x, keys/values from a context of another width (dim_context)."""
 
-    def __init__(self, dim: int, dim_context: int, inner: int) -> None:
+    def __init__(self, dim: int, dim_context: int, inner: int, bias: bool = False) -> None:
         super().__init__()
         self.inner = inner
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim_context, 2 * inner, bias=False)
+        self.to_q = nn.Linear(dim, inner, bias=bias)
+        self.to_kv = nn.Linear(dim_context, 2 * inner, bias=bias)
 
     def forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         if context is None:
@@ -90,16 +94,24 @@ class Attention(nn.Module):
         self.dim_head = config.dim_head
         inner = heads * config.dim_head
         dim_context = config.dim_context or dim
-        self.qkv = FusedQKV(dim, inner) if dim_context == dim else SplitQKV(dim, dim_context, inner)
+        bias = config.qkv_bias
+        self.qkv = (
+            FusedQKV(dim, inner, bias)
+            if dim_context == dim
+            else SplitQKV(dim, dim_context, inner, bias)
+        )
         self.attend = Attend(
             flash=config.flash, dropout=config.dropout, scale=config.dim_head**-0.5
         )
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=config.out_bias)
         self.position = position
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialise what this module owns beyond its children's defaults."""
+        for linear in (*self.qkv.children(), self.to_out):
+            if isinstance(linear, nn.Linear) and linear.bias is not None:
+                nn.init.zeros_(linear.bias)  # projection biases start at zero (GPT-2, BERT)
         if self.config.zero_init_output:
             nn.init.zeros_(self.to_out.weight)
 

@@ -44,7 +44,7 @@ def _activation(config: FeedForwardConfig) -> nn.Module:
         return ReluSquared()
     if config.swish:
         return nn.SiLU()
-    return nn.GELU()
+    return nn.GELU(approximate="tanh" if config.gelu_tanh else "none")
 
 
 class FeedForward(nn.Module):
@@ -66,7 +66,7 @@ class FeedForward(nn.Module):
             raise TypeError("FeedForward: pass either config= or keyword options, not both")
         self.config = config
         dim_out = dim if dim_out is None else dim_out
-        inner = int(dim * config.mult)
+        inner = config.inner_dim or int(dim * config.mult)
         bias = not config.no_bias
 
         # no_bias drops the GLU projection bias too (x-transformers 1.28.2 kept it: a defect).

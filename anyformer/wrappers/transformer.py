@@ -114,7 +114,11 @@ class TransformerWrapper(nn.Module):
                     for name, n in config.embed_num_tokens.items()
                 }
             )
-        self.post_emb_norm = LayerNorm(emb_dim) if config.post_emb_norm else nn.Identity()
+        self.post_emb_norm = (
+            LayerNorm(emb_dim, eps=config.post_emb_norm_eps, bias=config.post_emb_norm_bias)
+            if config.post_emb_norm
+            else nn.Identity()
+        )
         self.emb_dropout = nn.Dropout(config.emb_dropout)
         self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else nn.Identity()
         self.attn_layers = attn_layers
