@@ -66,6 +66,10 @@ class KVCache:
         self.context_mask: Tensor | None = None  # cross-attention: the context's mask
         self.context_len = 0
         self.layers: list[LayerKVCache] = []
+        # positions (set by the stack when its scheme needs them)
+        self.key_positions: Tensor | None = None  # (b|1, capacity) position of every cached key
+        self.xpos_center: Tensor | int | None = None  # xPos centre, fixed at the first call
+        self.seq_start_pos: Tensor | None = None  # (b,) left padding, given on the first call
 
     def layer(self, index: int, is_cross: bool) -> LayerKVCache:
         """The cache of attention layer `index` (created on first use)."""
@@ -98,5 +102,80 @@ class KVCache:
             self.key_mask = torch.ones(batch, capacity, dtype=torch.bool, device=keep.device)
         self.key_mask[:, start : start + k] &= keep
 
+    def extend_positions(self, positions: Tensor, n: int) -> Tensor:
+        """Record the new rows' positions (b|1, n); return the positions of all keys (b|1, k).
+
+        Columns cached before the first call that recorded positions held the default ones
+        (their column index)."""
+        end = self.length + n
+        stored = self.key_positions
+        batch = max(positions.shape[0], 1 if stored is None else stored.shape[0])
+        if stored is None or stored.shape[-1] < end or stored.shape[0] < batch:
+            capacity = max(end, self.capacity or 0, 0 if stored is None else stored.shape[-1])
+            grown = torch.arange(capacity, device=positions.device).expand(batch, -1).clone()
+            if stored is not None:
+                grown[:, : stored.shape[-1]] = stored
+            self.key_positions = stored = grown
+        stored[:, self.length : end] = positions
+        return stored[:, :end]
+
     def advance(self, n: int) -> None:
         self.length += n
+
+    # ------------------------------------------------------------------ generation helpers
+
+    def reorder(self, batch_indices: Tensor) -> None:
+        """Beam search: row ``i`` of every buffer becomes old row ``batch_indices[i]``.
+
+        With as many indices as rows, rows move inside the existing buffers: only the filled
+        positions are copied, one layer at a time, and no buffer is reallocated. Another number of
+        indices (expanding each prompt to its beams once) allocates new buffers of that batch size.
+        """
+        if (
+            not isinstance(batch_indices, Tensor)
+            or batch_indices.ndim != 1
+            or batch_indices.dtype not in (torch.long, torch.int32)
+        ):
+            got = (
+                f"{batch_indices.dtype} tensor of shape {tuple(batch_indices.shape)}"
+                if isinstance(batch_indices, Tensor)
+                else type(batch_indices).__name__
+            )
+            raise TypeError(
+                f"KVCache.reorder: batch_indices must be a 1-D integer tensor, got {got}"
+            )
+        for layer in self.layers:
+            if layer.k is None:
+                continue
+            if layer.is_cross or layer.k.shape[0] != batch_indices.shape[0]:
+                layer.k, layer.v = layer.k[batch_indices], layer.v[batch_indices]
+            else:
+                filled = self.length
+                layer.k[:, :, :filled] = layer.k[batch_indices, :, :filled]
+                layer.v[:, :, :filled] = layer.v[batch_indices, :, :filled]
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask[batch_indices]
+        if self.key_positions is not None and self.key_positions.shape[0] > 1:
+            self.key_positions = self.key_positions[batch_indices]
+        if self.seq_start_pos is not None:
+            self.seq_start_pos = self.seq_start_pos[batch_indices]
+        if self.context_mask is not None:
+            self.context_mask = self.context_mask[batch_indices]
+
+    def truncate(self, length: int) -> None:
+        """Roll back to the first ``length`` cached positions (speculative decoding's rejections).
+
+        The positions after ``length`` are forgotten: the next write goes to ``length``, and their
+        key-mask entries are reset, so the cache equals a fresh prefill of its first ``length``
+        positions. Cross-attention keys (the context) are kept.
+        """
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise TypeError(f"KVCache.truncate: length must be an int, got {type(length).__name__}")
+        if not 0 <= length <= self.length:
+            raise ValueError(
+                f"KVCache.truncate: length must be in [0, {self.length}] (the cached positions), "
+                f"got {length}"
+            )
+        if self.key_mask is not None:
+            self.key_mask[:, length : self.length] = True
+        self.length = length

@@ -16,7 +16,7 @@ from anyformer import (
     TransformerWrapper,
     XTransformer,
 )
-from anyformer.generation import autoregressive
+from anyformer.generation import session
 
 V = 32
 DIM = 32
@@ -101,9 +101,13 @@ def test_forward_loss_equals_hand_cross_entropy():
     expected = F.cross_entropy(logits.reshape(-1, V), x[:, 1:].reshape(-1))
     assert loss.shape == ()
     torch.testing.assert_close(loss, expected, **TOL)
-    loss2, out = wrapper(x, return_outputs=True)
+    # x-transformers' layout: (loss, (logits, intermediates)); the cache continues decoding
+    loss2, (out, inter) = wrapper(x, return_outputs=True)
     torch.testing.assert_close(out, logits, **TOL)
     torch.testing.assert_close(loss2, expected, **TOL)
+    assert inter.cache_length == 9
+    nxt = net(x, cache=inter)
+    torch.testing.assert_close(nxt[:, -1], net(x)[:, -1], **TOL)
 
 
 def test_forward_loss_excludes_ignore_index():
@@ -669,7 +673,7 @@ def test_cache_with_encoder_raises():
 
 
 def test_encoder_generate_warns_once_and_recomputes(monkeypatch):
-    monkeypatch.setattr(autoregressive, "_warned", set())
+    monkeypatch.setattr(session, "_warned", set())
     wrapper = AutoregressiveWrapper(encoder_net())
     prompts = prompt_list((3, 6), seed=22)
     with pytest.warns(UserWarning, match="cache") as record:
@@ -728,7 +732,7 @@ def test_sliding_window_variable_length_rows_equal_alone(cache_kv):
 
 
 def test_abs_pos_emb_past_max_seq_len_warns_and_recomputes(monkeypatch):
-    monkeypatch.setattr(autoregressive, "_warned", set())
+    monkeypatch.setattr(session, "_warned", set())
     wrapper = AutoregressiveWrapper(windowed_net(depth=2))
     prompt = prompt_list((8,), seed=26)[0]
     with pytest.warns(UserWarning, match="max_seq_len"):

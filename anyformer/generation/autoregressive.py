@@ -1,145 +1,124 @@
-"""AutoregressiveWrapper: next-token loss for training and (KV-cached) sampling for generation."""
+"""AutoregressiveWrapper: next-token loss for training; sampling, streaming, contrastive,
+speculative decoding and beam search for generation (each mode lives in its own module)."""
 
 from __future__ import annotations
 
-import inspect
-import warnings
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cache import KVCache
 from ..checks import check_mask, check_token_ids
 from ..config.options import unknown_keyword
-from .filters import resolve_filter, sample, top_k
+from .beam_search import beam_search
+from .filters import resolve_filter, top_k
+from .forgetful import forgetful_key_mask
+from .options import WrapperOptions, parse_contrastive
+from .prompts import prepare_prompts
+from .sampling import Picker, stop_at_eos, trim_after_eos
+from .session import GenerationIntermediates, Session, eval_mode, unwrap
 
-__all__ = ["AutoregressiveWrapper"]
+__all__ = ["AutoregressiveWrapper", "GenerationIntermediates"]
 
-_warned: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    """Warn the first time a message is seen in this process."""
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, stacklevel=3)
-
-
-def _prepare_prompts(
-    prompts: Tensor | Sequence[Tensor], prompt_lens: Tensor | None, pad_value: int
-) -> tuple[Tensor, Tensor | None, bool]:
-    """-> (b, n) prompts left-aligned and right-padded, their lengths (None if all full), squeeze."""
-    if isinstance(prompts, (list, tuple)):
-        if prompt_lens is not None:
-            raise ValueError(
-                "prompt_lens must not be given with a list of prompts (lengths are known)"
-            )
-        if not prompts or not all(isinstance(p, Tensor) and p.ndim == 1 for p in prompts):
-            raise ValueError(
-                "prompts given as a list must be a non-empty list of 1-D token tensors"
-            )
-        lens = torch.tensor([len(p) for p in prompts], device=prompts[0].device)
-        if int(lens.min()) < 1:
-            raise ValueError("every prompt must hold at least one token")
-        padded = prompts[0].new_full((len(prompts), int(lens.max())), pad_value)
-        for i, p in enumerate(prompts):
-            padded[i, : len(p)] = p
-        prompts, prompt_lens = padded, lens
-    if not isinstance(prompts, Tensor):
-        raise TypeError(
-            f"prompts must be a tensor or a list of 1-D tensors, got {type(prompts).__name__}"
-        )
-    squeeze = prompts.ndim == 1
-    if squeeze:
-        prompts = prompts.unsqueeze(0)
-    if prompts.ndim != 2 or prompts.shape[1] < 1:
-        raise ValueError(
-            f"prompts must have shape (batch, prompt_len) with prompt_len >= 1, got {tuple(prompts.shape)}"
-        )
-    if prompt_lens is None:
-        return prompts, None, squeeze
-    b, n = prompts.shape
-    if not isinstance(prompt_lens, Tensor) or tuple(prompt_lens.shape) != (b,):
-        raise ValueError(f"prompt_lens must be a ({b},) integer tensor, got {prompt_lens!r}")
-    lo, hi = (int(v) for v in torch.aminmax(prompt_lens))
-    if lo < 1 or hi > n:
-        raise ValueError(
-            f"prompt_lens must lie in [1, {n}] (the prompt width), got values in [{lo}, {hi}]"
-        )
-    if lo == n:
-        return prompts, None, squeeze
-    return prompts, prompt_lens.to(prompts.device).long(), squeeze
-
-
-def _positions(n: int, total: int, lens: Tensor | None, device: torch.device) -> Tensor:
-    """Positions of columns [0, total): the prompt's own, then lens + k for the k-th new token."""
-    cols = torch.arange(total, device=device)
-    if lens is None:
-        return cols
-    return torch.where(cols < n, cols, lens.view(-1, 1) + cols - n)
+_INIT_KEYWORDS = ["net", "ignore_index", "pad_value", "mask_prob", "add_attn_z_loss"]
 
 
 class AutoregressiveWrapper(nn.Module):
     """Wraps a causal token model: ``forward`` gives the next-token loss, ``generate`` samples."""
 
     def __init__(
-        self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0, **kwargs: Any
+        self,
+        net: nn.Module,
+        ignore_index: int = -100,
+        pad_value: int = 0,
+        mask_prob: float = 0.0,
+        add_attn_z_loss: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         if kwargs:
-            valid = ["net", "ignore_index", "pad_value"]
-            raise unknown_keyword("AutoregressiveWrapper", next(iter(kwargs)), valid)
+            raise unknown_keyword("AutoregressiveWrapper", next(iter(kwargs)), _INIT_KEYWORDS)
+        self.options = WrapperOptions(
+            ignore_index=ignore_index,
+            pad_value=pad_value,
+            mask_prob=mask_prob,
+            add_attn_z_loss=add_attn_z_loss,
+        )
         self.net = net
         self.ignore_index = ignore_index
         self.pad_value = pad_value
+        self.mask_prob = self.options.mask_prob
         self.max_seq_len = getattr(net, "max_seq_len", 0)
+
+    # ------------------------------------------------------------------ training
 
     def forward(
         self,
         x: Tensor,
         return_outputs: bool = False,
         prepend_embeds: Tensor | None = None,
+        lens: Tensor | None = None,
         mask: Tensor | None = None,
         **kwargs: Any,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Any]]:
         """x (b, n + 1) -> mean cross-entropy of predicting x[:, 1:] from x[:, :-1].
 
-        Targets equal to ``ignore_index`` (and, with ``mask``, masked positions) are not scored.
+        Targets equal to ``ignore_index`` are not scored, nor positions past ``lens`` (b,) (each
+        row's number of real tokens) or outside ``mask``. While training with ``mask_prob > 0``
+        random keys are hidden (forgetful causal masking). ``return_outputs=True`` returns
+        ``(loss, (logits, intermediates))`` as x-transformers does.
         """
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
                 f"x must be a (batch, seq_len + 1) token tensor with seq_len >= 1, got {got}"
             )
+        mask = self._loss_mask(x, mask, lens)
         inp, target = x[:, :-1], x[:, 1:]
         inp = inp.masked_fill(inp == self.ignore_index, self.pad_value)
+        key_mask = None
         if mask is not None:
-            check_mask("mask", mask, tuple(x.shape), "batch, seq_len + 1")
             target = target.masked_fill(~mask[:, 1:], self.ignore_index)
-            mask = mask[:, :-1]
-        logits = self.net(inp, prepend_embeds=prepend_embeds, mask=mask, **kwargs)
+            key_mask = mask[:, :-1]
+        if self.training and self.mask_prob > 0:
+            hide = forgetful_key_mask(*inp.shape, self.mask_prob, x.device)
+            key_mask = hide if key_mask is None else key_mask & hide
+        out = self.net(
+            inp,
+            prepend_embeds=prepend_embeds,
+            mask=key_mask,
+            return_intermediates=return_outputs,
+            **kwargs,
+        )
+        logits, inter = out if return_outputs else (out, None)
         if prepend_embeds is not None:
             logits = logits[:, prepend_embeds.shape[1] :]
         loss = F.cross_entropy(
             logits.transpose(1, 2).float(), target, ignore_index=self.ignore_index
         )
-        return (loss, logits) if return_outputs else loss
+        return (loss, (logits, inter)) if return_outputs else loss
 
     @staticmethod
-    def _pick(
-        logits: Tensor,
-        temperature: float,
-        filter_fn: Callable[..., Tensor],
-        filter_kwargs: dict[str, Any],
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        if temperature == 0:
-            return logits.argmax(dim=-1)
-        return sample(filter_fn(logits, **filter_kwargs), temperature, generator)
+    def _loss_mask(x: Tensor, mask: Tensor | None, lens: Tensor | None) -> Tensor | None:
+        b, n = x.shape
+        if mask is not None:
+            check_mask("mask", mask, (b, n), "batch, seq_len + 1")
+        if lens is None:
+            return mask
+        if not isinstance(lens, Tensor) or tuple(lens.shape) != (b,) or lens.is_floating_point():
+            raise ValueError(
+                f"lens must be a ({b},) integer tensor (real tokens per row), got "
+                f"{tuple(lens.shape) if isinstance(lens, Tensor) else type(lens).__name__}"
+            )
+        lo, hi = (int(v) for v in torch.aminmax(lens))
+        if lo < 1 or hi > n:
+            raise ValueError(f"lens must lie in [1, {n}] (the width of x), got [{lo}, {hi}]")
+        by_len = torch.arange(n, device=x.device) < lens.to(x.device)[:, None]
+        return by_len if mask is None else mask & by_len
+
+    # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
     def generate(
@@ -149,164 +128,218 @@ class AutoregressiveWrapper(nn.Module):
         eos_token: int | None = None,
         temperature: float = 1.0,
         prompt_lens: Tensor | None = None,
-        filter_logits_fn: str | Callable[..., Tensor] = top_k,
+        filter_logits_fn: str | Callable[..., Tensor] | None = None,
         restrict_to_max_seq_len: bool = True,
+        amateur_model: nn.Module | Sequence[nn.Module] | None = None,
         filter_kwargs: dict[str, Any] | None = None,
+        contrastive_decode_kwargs: dict[str, float] | Sequence[dict[str, float]] | None = None,
         cache_kv: bool = True,
+        return_intermediates: bool = False,
+        draft_model: nn.Module | None = None,
+        draft_tokens: int = 4,
         generator: torch.Generator | None = None,
         **kwargs: Any,
-    ) -> Tensor:
+    ) -> Tensor | tuple[Tensor, GenerationIntermediates]:
         """Sample `seq_len` tokens after each prompt; returns only the new tokens (b, seq_len).
 
         Prompts may differ in length (a list of 1-D tensors, or ``prompt_lens``): each row then
         generates exactly what it would alone. After ``eos_token`` a row is padded with
         ``pad_value``; generation stops once every row is done. ``temperature=0`` is greedy.
-        Other keywords (context, context_mask, prepend_embeds, ...) go to the model.
+        ``filter_logits_fn`` defaults to ``top_k`` (none with ``amateur_model``, whose
+        plausibility cut-off filters). ``amateur_model`` (one or several) turns on contrastive
+        decoding, ``draft_model`` speculative decoding with ``draft_tokens`` drafted per round.
+        Other keywords (context, context_mask, prepend_embeds, ...) go to every model each step.
         """
-        if not isinstance(seq_len, int) or seq_len < 1:
+        session, squeeze = self._session(
+            prompts, seq_len, temperature, prompt_lens, filter_logits_fn, restrict_to_max_seq_len,
+            amateur_model, filter_kwargs, contrastive_decode_kwargs, cache_kv, draft_model,
+            draft_tokens, generator, kwargs,
+        )  # fmt: skip
+        with eval_mode(*session.models):
+            steps = list(stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=8))
+        out = trim_after_eos(torch.stack(steps, dim=1), eos_token)
+        out = out[0] if squeeze else out
+        return (out, session.intermediates()) if return_intermediates else out
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompts: Tensor | Sequence[Tensor],
+        seq_len: int,
+        eos_token: int | None = None,
+        temperature: float = 1.0,
+        prompt_lens: Tensor | None = None,
+        filter_logits_fn: str | Callable[..., Tensor] | None = None,
+        restrict_to_max_seq_len: bool = True,
+        amateur_model: nn.Module | Sequence[nn.Module] | None = None,
+        filter_kwargs: dict[str, Any] | None = None,
+        contrastive_decode_kwargs: dict[str, float] | Sequence[dict[str, float]] | None = None,
+        cache_kv: bool = True,
+        draft_model: nn.Module | None = None,
+        draft_tokens: int = 4,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> Iterator[Tensor]:
+        """Like ``generate``, but yields each step's tokens (b,) (a scalar for a 1-D prompt) as
+        soon as they are made. It stops after the step where every row has emitted ``eos_token``;
+        the next step is computed only when the consumer asks for it."""
+        session, squeeze = self._session(
+            prompts, seq_len, temperature, prompt_lens, filter_logits_fn, restrict_to_max_seq_len,
+            amateur_model, filter_kwargs, contrastive_decode_kwargs, cache_kv, draft_model,
+            draft_tokens, generator, kwargs,
+        )  # fmt: skip
+        with eval_mode(*session.models):
+            for token in stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=1):
+                yield token[0] if squeeze else token
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        prompts: Tensor | Sequence[Tensor],
+        seq_len: int,
+        beams: int = 4,
+        return_beams_and_scores: bool = False,
+        eos_token: int | None = None,
+        temperature: float = 1.0,
+        stochastic: bool = False,
+        prompt_lens: Tensor | None = None,
+        filter_logits_fn: str | Callable[..., Tensor] | None = None,
+        restrict_to_max_seq_len: bool = True,
+        filter_kwargs: dict[str, Any] | None = None,
+        cache_kv: bool = True,
+        length_penalty: float = 0.0,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The highest-scoring continuation of each prompt among `beams` hypotheses per step.
+
+        Returns the best (b, n) new tokens, or with ``return_beams_and_scores`` every beam
+        (beams, b, n) and its score (beams, b), best first (x-transformers' layout). Scores are
+        summed log-probs divided by ``num_new_tokens ** length_penalty``. ``stochastic=True``
+        samples ``beams`` sequences without replacement (Gumbel-top-k; ``temperature`` and the
+        filter apply there only). Finished beams (``eos_token``) are kept aside, padded after eos.
+        """
+        if not isinstance(beams, int) or isinstance(beams, bool) or beams < 1:
+            raise ValueError(f"beams must be an int >= 1, got {beams!r}")
+        if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
+            raise TypeError(f"length_penalty must be a number, got {length_penalty!r}")
+        if stochastic and temperature <= 0:
+            raise ValueError(f"stochastic beam search needs temperature > 0, got {temperature}")
+        session, squeeze = self._session(
+            prompts, seq_len, temperature if stochastic else 1.0, prompt_lens, filter_logits_fn,
+            restrict_to_max_seq_len, None, filter_kwargs, None, cache_kv, None, 1, generator,
+            kwargs, default_filter=None,
+        )  # fmt: skip
+        with eval_mode(*session.models):
+            result = beam_search(
+                session.expert, seq_len, beams, session.pick, stochastic, eos_token,
+                self.pad_value, float(length_penalty),
+            )  # fmt: skip
+        if return_beams_and_scores:
+            tokens, scores = result.tokens.transpose(0, 1), result.scores.transpose(0, 1)
+            return (tokens[:, 0], scores[:, 0]) if squeeze else (tokens, scores)
+        best = trim_after_eos(result.tokens[:, 0], eos_token)
+        return best[0] if squeeze else best
+
+    def _session(
+        self,
+        prompts: Tensor | Sequence[Tensor],
+        seq_len: int,
+        temperature: float,
+        prompt_lens: Tensor | None,
+        filter_logits_fn: str | Callable[..., Tensor] | None,
+        restrict: bool,
+        amateur_model: nn.Module | Sequence[nn.Module] | None,
+        filter_kwargs: dict[str, Any] | None,
+        contrastive_decode_kwargs: Any,
+        cache_kv: bool,
+        draft_model: nn.Module | None,
+        draft_tokens: int,
+        generator: torch.Generator | None,
+        kwargs: dict[str, Any],
+        default_filter: Callable[..., Tensor] | None = top_k,
+    ) -> tuple[Session, bool]:
+        """Check the arguments shared by every decoding mode and build the session."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        prompts, lens, squeeze = _prepare_prompts(prompts, prompt_lens, self.pad_value)
-        net = self.net
-        num_tokens = getattr(net, "num_tokens", None)
-        if num_tokens is not None:
-            check_token_ids("prompts", prompts, num_tokens)
-            if not 0 <= self.pad_value < num_tokens:
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        prompts, lens, squeeze = prepare_prompts(prompts, prompt_lens, self.pad_value)
+        self._check_prompt_tokens(prompts)
+        amateurs = _as_models(amateur_model, "amateur_model")
+        draft = None if draft_model is None else unwrap(draft_model, "draft_model")
+        self._check_partners(amateurs, draft, draft_tokens)
+        if filter_logits_fn is None:
+            filter_fn = None if amateurs else default_filter
+        else:
+            filter_fn = resolve_filter(filter_logits_fn)
+        if draft is not None:
+            self._check_speculative_window(prompts.shape[1] + seq_len, restrict, draft)
+        pick = Picker(float(temperature), filter_fn, dict(filter_kwargs or {}), generator)
+        session = Session(
+            self.net,
+            prompts,
+            lens,
+            seq_len,
+            pick,
+            cache_kv=cache_kv,
+            restrict=restrict,
+            pad_value=self.pad_value,
+            kwargs=kwargs,
+            amateurs=amateurs,
+            contrastive=parse_contrastive(contrastive_decode_kwargs, len(amateurs)),
+            draft=draft,
+            draft_tokens=draft_tokens,
+        )
+        return session, squeeze
+
+    def _check_prompt_tokens(self, prompts: Tensor) -> None:
+        num_tokens = getattr(self.net, "num_tokens", None)
+        if num_tokens is None:
+            return
+        check_token_ids("prompts", prompts, num_tokens)
+        if not 0 <= self.pad_value < num_tokens:
+            raise ValueError(
+                f"pad_value must be a token id in [0, {num_tokens}), got {self.pad_value}"
+            )
+
+    def _check_partners(
+        self, amateurs: list[nn.Module], draft: nn.Module | None, draft_tokens: int
+    ) -> None:
+        """Amateur and draft models must share the vocabulary; the two modes exclude each other."""
+        vocab = getattr(self.net, "num_tokens", None)
+        partners = [("amateur_model", m) for m in amateurs]
+        partners += [("draft_model", draft)] if draft is not None else []
+        for name, model in partners:
+            other = getattr(model, "num_tokens", None)
+            if vocab is not None and other is not None and other != vocab:
                 raise ValueError(
-                    f"pad_value must be a token id in [0, {num_tokens}), got {self.pad_value}"
+                    f"{name} must have the model's vocabulary ({vocab} tokens), got {other}"
                 )
-        filter_fn = resolve_filter(filter_logits_fn)
-        filter_kwargs = dict(filter_kwargs or {})
-        cache_kv = self._resolve_cache(
-            cache_kv, prompts.shape[1] + seq_len, restrict_to_max_seq_len
-        )
-        was_training = net.training
-        net.eval()
-        try:
-            pick = partial(
-                self._pick,
-                temperature=temperature,
-                filter_fn=filter_fn,
-                filter_kwargs=filter_kwargs,
-                generator=generator,
+        if amateurs and draft is not None:
+            raise ValueError(
+                "amateur_model and draft_model cannot be combined (contrastive scores are not a "
+                "model distribution that speculative decoding could preserve)"
             )
-            run = self._generate_cached if cache_kv else self._generate_uncached
-            out = run(prompts, lens, seq_len, eos_token, pick, restrict_to_max_seq_len, kwargs)
-        finally:
-            net.train(was_training)
-        if eos_token is not None:
-            out = self._trim_after_eos(out, eos_token)
-        return out[0] if squeeze else out
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
+            raise ValueError(f"draft_tokens must be an int >= 1, got {draft_tokens!r}")
 
-    def _resolve_cache(self, cache_kv: bool, total: int, restrict: bool) -> bool:
-        net = self.net
-        if cache_kv and not getattr(net, "can_cache_kv", False):
-            warn_once(
-                f"generate(cache_kv=True): {type(net).__name__} cannot cache keys/values; decoding without a cache"
-            )
-            return False
-        window = self.max_seq_len if restrict and self.max_seq_len > 0 else None
-        if (
-            cache_kv
-            and window is not None
-            and total > window
-            and getattr(net, "has_abs_pos_emb", False)
-        ):
-            warn_once(
-                "generate(cache_kv=True): prompt + seq_len exceeds max_seq_len with absolute positional "
-                "embeddings, so the window slides and positions shift; decoding without a cache"
-            )
-            return False
-        return cache_kv
+    def _check_speculative_window(self, total: int, restrict: bool, draft: nn.Module) -> None:
+        for name, model in (("model", self.net), ("draft_model", draft)):
+            max_seq_len = getattr(model, "max_seq_len", 0) or 0
+            if restrict and 0 < max_seq_len < total:
+                raise ValueError(
+                    f"speculative decoding: prompt + seq_len = {total} exceeds the {name}'s "
+                    f"max_seq_len={max_seq_len}; a sliding window cannot verify several tokens "
+                    "in one pass (pass restrict_to_max_seq_len=False for relative positions)"
+                )
 
-    def _forward(self) -> Callable[..., Any]:
-        """The net's forward; without re-validating inputs where the net allows it."""
-        if "check_inputs" in inspect.signature(self.net.forward).parameters:
-            return partial(self.net, check_inputs=False)
-        return self.net
 
-    def _generate_cached(self, prompts, lens, seq_len, eos_token, pick, restrict, kwargs) -> Tensor:
-        b, n = prompts.shape
-        forward = self._forward()
-        prepend = {k: kwargs.pop(k) for k in ("prepend_embeds", "prepend_mask") if k in kwargs}
-        p = prepend["prepend_embeds"].shape[1] if "prepend_embeds" in prepend else 0
-        window = self.max_seq_len if restrict and self.max_seq_len > 0 else None
-        out = prompts.new_full((b, n + seq_len), self.pad_value)
-        out[:, :n] = prompts
-        cache = KVCache(capacity=p + n + seq_len)
-        rows = torch.arange(b, device=prompts.device)
-        mask = None if lens is None else torch.arange(n, device=prompts.device) < lens[:, None]
-        logits = forward(
-            prompts, mask=mask, cache=cache, input_not_include_cache=True, **prepend, **kwargs
-        )
-        last = logits[:, -1] if lens is None else logits[rows, p + lens - 1]
-        done = torch.zeros(b, dtype=torch.bool, device=prompts.device)
-        for t in range(seq_len):
-            token = pick(last)
-            if eos_token is not None:
-                token = token.masked_fill(done, self.pad_value)
-                done |= token == eos_token
-            out[:, n + t] = token
-            if t == seq_len - 1 or (eos_token is not None and t % 8 == 7 and bool(done.all())):
-                break
-            if window is not None and n + t + 1 > window:
-                # keys at positions <= q - window leave the window (q: the new token's position)
-                key_pos = _positions(n, n + t, lens, prompts.device).expand(b, -1)
-                q = (n if lens is None else lens.view(-1, 1)) + t
-                cache.restrict_keys(p, key_pos >= q - window + 1)
-            pos = None if lens is None else (lens + t)[:, None]
-            logits = forward(
-                token[:, None], pos=pos, cache=cache, input_not_include_cache=True, **kwargs
-            )
-            last = logits[:, -1]
-        return out[:, n:]
-
-    def _generate_uncached(
-        self, prompts, lens, seq_len, eos_token, pick, restrict, kwargs
-    ) -> Tensor:
-        b, n = prompts.shape
-        device = prompts.device
-        forward = self._forward()
-        p = kwargs["prepend_embeds"].shape[1] if kwargs.get("prepend_embeds") is not None else 0
-        window = self.max_seq_len if restrict and self.max_seq_len > 0 else None
-        total = n + seq_len
-        out = prompts.new_full((b, total), self.pad_value)
-        out[:, :n] = prompts
-        full_mask = full_pos = None
-        if lens is not None:
-            cols = torch.arange(total, device=device)
-            full_mask = (cols < lens[:, None]) | (cols >= n)
-            full_pos = _positions(n, total, lens, device)
-        rows = torch.arange(b, device=device)
-        done = torch.zeros(b, dtype=torch.bool, device=device)
-        for t in range(seq_len):
-            cur = n + t
-            tokens, mask, pos = out[:, :cur], None, None
-            if lens is not None:
-                mask, pos = full_mask[:, :cur], full_pos[:, :cur]
-            if window is not None and lens is None and cur > window:
-                tokens = tokens[:, -window:]
-            elif window is not None and lens is not None:
-                # each row's window ends at its own query position q = lens - 1 + t
-                start = (lens - 1 + t - window + 1).clamp(min=0).view(-1, 1)
-                mask = mask & (pos >= start)
-                pos = (pos - start).clamp(min=0)
-            logits = forward(tokens, mask=mask, pos=pos, **kwargs)
-            last = logits[rows, p + lens - 1] if (lens is not None and t == 0) else logits[:, -1]
-            token = pick(last)
-            if eos_token is not None:
-                token = token.masked_fill(done, self.pad_value)
-                done |= token == eos_token
-            out[:, cur] = token
-            if eos_token is not None and t % 8 == 7 and bool(done.all()):
-                break
-        return out[:, n:]
-
-    def _trim_after_eos(self, out: Tensor, eos_token: int) -> Tensor:
-        """Cut the columns after the step where the last row emitted eos (if every row did)."""
-        is_eos = out == eos_token
-        if not bool(is_eos.any(dim=1).all()):
-            return out
-        last = int(is_eos.int().argmax(dim=1).max())
-        return out[:, : last + 1]
+def _as_models(models: nn.Module | Sequence[nn.Module] | None, name: str) -> list[nn.Module]:
+    if models is None:
+        return []
+    if isinstance(models, nn.Module):
+        models = [models]
+    if not isinstance(models, (list, tuple)) or not models:
+        raise TypeError(f"{name} must be a model or a non-empty tuple of models, got {models!r}")
+    return [unwrap(m, name) for m in models]
