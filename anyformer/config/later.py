@@ -71,29 +71,10 @@ LATER_STACK: dict[str, str] = {
         )
     },
     **{
-        name: STRUCTURE
+        name: ATTENTION
         for name in (
-            "use_scalenorm",
-            "use_rmsnorm",
-            "use_simple_rmsnorm",
-            "sandwich_norm",
-            "resi_dual",
-            "resi_dual_scale",
-            "gate_residual",
-            "scale_residual",
-            "scale_residual_constant",
-            "zero_init_branch_output",
-            "custom_layers",
-            "layers_execute_order",
-            "weight_tie_layers",
-            "sandwich_coef",
-            "par_ratio",
-            "macaron",
             "residual_attn",
             "cross_residual_attn",
-            "shift_tokens",
-            "layer_dropout",
-            "cross_attn_tokens_dropout",
         )
     },
 }

@@ -16,6 +16,7 @@ from .feedforward import FeedForwardConfig
 from .later import LATER_ATTENTION, LATER_STACK, raise_if_later
 from .norm import NormConfig
 from .options import build_options, check_fields, option, unknown_keyword
+from .structure import check_structure, execution_order, layer_types, normalise_sequences
 
 __all__ = ["StackConfig", "parse_stack_config", "stack_keyword_names"]
 
@@ -57,6 +58,75 @@ class StackConfig:
         True, "pre-LN (True) or post-LN (False) blocks", "https://arxiv.org/abs/2002.04745"
     )
     pre_norm_has_final_norm: bool = option(True, "with pre-LN, a final norm after the stack")
+    # --- structure: norms and residuals (config/structure.py checks how they combine) ---
+    sandwich_norm: bool = option(
+        False, "an extra norm on every branch output (CogView)", "https://arxiv.org/abs/2105.13290"
+    )
+    resi_dual: bool = option(
+        False,
+        "ResiDual: post-LN blocks plus a second, pre-LN stream of the summed branch outputs",
+        "https://arxiv.org/abs/2304.14802",
+    )
+    resi_dual_scale: float = option(
+        1.0, "ResiDual: scale of the pre-LN stream's inputs, in (0, 1] (fp16 overflow guard)"
+    )
+    gate_residual: bool = option(
+        False,
+        "GRU-gated residual: stream = GRUCell(branch output, stream)",
+        "https://arxiv.org/abs/1910.06764",
+    )
+    scale_residual: bool = option(
+        False,
+        "learned per-channel scale on the residual stream (NormFormer)",
+        "https://arxiv.org/abs/2110.09456",
+    )
+    scale_residual_constant: float = option(
+        1.0, "constant multiplier on the residual stream (DeepNet)", "https://arxiv.org/abs/2203.00555"
+    )
+    zero_init_branch_output: bool = option(
+        False, "zero-initialise every attention and feedforward output projection"
+    )
+    # --- structure: layer orders ---
+    custom_layers: tuple[str, ...] | None = option(
+        None, "explicit layer types, e.g. ('a', 'f', 'f'): 'a' self-, 'c' cross-attention, 'f' ff"
+    )
+    sandwich_coef: int | None = option(
+        None,
+        "Sandwich Transformer: coef attention layers first, coef feedforwards last",
+        "https://arxiv.org/abs/1911.03864",
+    )
+    par_ratio: int | None = option(
+        None,
+        "PAR Transformer: one attention layer per par_ratio layers, in the first 2/3",
+        "https://arxiv.org/abs/2009.04534",
+    )
+    macaron: bool = option(
+        False,
+        "Macaron: feedforward - attention - feedforward blocks with half-step feedforwards",
+        "https://arxiv.org/abs/1906.02762",
+    )
+    weight_tie_layers: bool = option(
+        False, "one block's weights reused depth times (ALBERT)", "https://arxiv.org/abs/1909.11942"
+    )
+    layers_execute_order: tuple[int, ...] | None = option(
+        None, "layer indices in the order they run; a layer may run several times (shared weights)"
+    )
+    shift_tokens: int | tuple[int, ...] = option(
+        0,
+        "token shift: the branch input's channels in s + 1 (causal) or 2s + 1 groups, group k "
+        "taken from k positions earlier (int, or one per layer)",
+        "https://github.com/BlinkDL/RWKV-LM",
+    )
+    layer_dropout: float | tuple[float, ...] = option(
+        0.0,
+        "stochastic depth: probability of skipping a layer while training (float, or one per layer)",
+        "https://arxiv.org/abs/1603.09382",
+    )
+    cross_attn_tokens_dropout: float = option(
+        0.0,
+        "fraction of context tokens dropped (once per forward) while training (Perceiver AR)",
+        "https://arxiv.org/abs/2202.07765",
+    )
     disable_abs_pos_emb: bool = option(
         False, "tell the wrapper not to add absolute positional embeddings"
     )
@@ -68,27 +138,33 @@ class StackConfig:
     norm: NormConfig = option(NormConfig(), "norm options (norm_eps, norm_bias, ...)")
 
     def __post_init__(self) -> None:
+        normalise_sequences(self)
         check_fields(self, "AttentionLayers")
         for name in ("dim", "depth", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AttentionLayers: {name} must be >= 1, got {getattr(self, name)}")
         if self.only_cross and not self.cross_attend:
             raise ValueError("AttentionLayers: only_cross=True needs cross_attend=True")
+        check_structure(self)
 
     @property
     def layer_types(self) -> tuple[str, ...]:
-        """'a' self-attention, 'c' cross-attention, 'f' feedforward, in execution order."""
-        if self.only_cross:
-            block = ("c", "f")
-        elif self.cross_attend:
-            block = ("a", "c", "f")
-        else:
-            block = ("a", "f")
-        return block * self.depth
+        """'a' self-attention, 'c' cross-attention, 'f' feedforward: the layers, as built."""
+        return layer_types(self)
+
+    @property
+    def execution_order(self) -> tuple[int, ...]:
+        """Indices into layer_types in the order the layers run."""
+        return execution_order(self)
 
     @property
     def has_final_norm(self) -> bool:
-        return self.pre_norm and self.pre_norm_has_final_norm
+        return (self.pre_norm and self.pre_norm_has_final_norm) or self.resi_dual
+
+    @property
+    def block_pre_norm(self) -> bool:
+        """Whether blocks normalise the branch input (pre-LN); ResiDual blocks are post-LN."""
+        return self.pre_norm and not self.resi_dual
 
 
 #: Groups of un-prefixed stack keywords, each parsed into its own config: a keyword goes to the
@@ -151,7 +227,9 @@ def parse_stack_config(
     stack_level: dict[str, Any] = {}
     for key, value in kwargs.items():
         prefix = next((p for p in PREFIX_GROUPS if key.startswith(p)), None)
-        if prefix is not None:
+        if key in own and key not in stack_args:  # before prefixes: cross_attn_tokens_dropout
+            stack_level[key] = value
+        elif prefix is not None:
             prefixed[prefix][key[len(prefix) :]] = value
         elif key in group_of:
             grouped[group_of[key]][key] = value

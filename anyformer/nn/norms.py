@@ -1,12 +1,13 @@
-"""Normalisation layers, built from a NormConfig."""
+"""Normalisation layers, built from a NormConfig: LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm."""
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..config.norm import NormConfig
 
-__all__ = ["LayerNorm", "build_norm"]
+__all__ = ["LayerNorm", "RMSNorm", "ScaleNorm", "SimpleRMSNorm", "build_norm"]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -16,10 +17,58 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps, bias=bias)
 
 
-_NORMS = {"layernorm": LayerNorm}
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dim, computed in float32 at least."""
+    dtype = x.dtype
+    x32 = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+    return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g, with a learned per-channel gain g (https://arxiv.org/abs/1910.07467)."""
+
+    def __init__(self, dim: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(self._gain_size(dim)))
+        self.reset_parameters()
+
+    @staticmethod
+    def _gain_size(dim: int) -> int:
+        return dim
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_normalize(x, self.eps) * self.weight
+
+
+class ScaleNorm(RMSNorm):
+    """x / rms(x) * g with one learned scalar g (Transformers without Tears,
+    https://arxiv.org/abs/1910.05895; the paper's g = sqrt(dim) * this g)."""
+
+    @staticmethod
+    def _gain_size(dim: int) -> int:
+        return 1
+
+
+class SimpleRMSNorm(nn.Module):
+    """x / rms(x), no learned gain (TransNormer, https://arxiv.org/abs/2307.14995)."""
+
+    def __init__(self, dim: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_normalize(x, self.eps)
 
 
 def build_norm(dim: int, config: NormConfig | None = None) -> nn.Module:
     """The norm a stack uses for every block, as its NormConfig says."""
     config = config or NormConfig()
-    return _NORMS[config.kind](dim, eps=config.norm_eps, bias=config.norm_bias)
+    kind = config.kind
+    if kind == "layernorm":
+        return LayerNorm(dim, eps=config.eps, bias=config.norm_bias)
+    cls = {"rmsnorm": RMSNorm, "scalenorm": ScaleNorm, "simple_rmsnorm": SimpleRMSNorm}[kind]
+    return cls(dim, eps=config.eps)

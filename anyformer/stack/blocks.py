@@ -8,6 +8,7 @@ slot holds the plain sum or a variant (gating, scaling). Empty slots are ``nn.Id
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -33,6 +34,8 @@ class StackRun:
     hiddens: list[Tensor] = field(default_factory=list)
     layer_hiddens: list[Tensor] = field(default_factory=list)
     attn_intermediates: list[Intermediates] = field(default_factory=list)
+    row_mask: Tensor | None = None  # (b, n) key mask of the rows computed now (token shift)
+    dual: Tensor | None = None  # ResiDual: the pre-LN stream of summed branch outputs
 
 
 class Block(nn.Module):
@@ -48,16 +51,39 @@ class Block(nn.Module):
         *,
         post_branch_norm: nn.Module | None = None,
         residual: nn.Module | None = None,
+        token_shift: nn.Module | None = None,
+        dual_scale: float | None = None,
     ) -> None:
+        """``token_shift``: a ShiftTokens applied to the normalised branch input (its cache
+        slot is the block's slot, after the attention's own); ``dual_scale``: ResiDual, the
+        branch output times this scale also joins the run's second stream."""
         super().__init__()
         self.pre_norm = pre_norm or nn.Identity()
         self.branch = branch
         self.post_branch_norm = post_branch_norm or nn.Identity()
         self.residual = residual or Residual()
         self.post_norm = post_norm or nn.Identity()
+        self.token_shift = token_shift
+        self.dual_scale = dual_scale
 
-    def join(self, x: Tensor, out: Tensor) -> Tensor:
+    @property
+    def cache_slots(self) -> int:
+        """KV-cache slots one execution of this block uses (attention, token shift)."""
+        return int(self.layer_type != "f") + int(self.token_shift is not None)
+
+    def branch_input(self, x: Tensor, run: StackRun, slot: int | None) -> Tensor:
+        """The normalised (and token-shifted) input of the branch."""
+        h = self.pre_norm(x)
+        if self.token_shift is None:
+            return h
+        own = slot + self.cache_slots - 1 if run.cache is not None else None
+        cache = None if own is None else run.cache.layer(own, False)
+        return self.token_shift(h, run.row_mask, cache)
+
+    def join(self, x: Tensor, out: Tensor, run: StackRun | None = None) -> Tensor:
         """Add the branch output to the stream through the residual and output-norm slots."""
+        if self.dual_scale is not None and run is not None:
+            run.dual = run.dual + out * self.dual_scale
         return self.post_norm(self.residual(x, self.post_branch_norm(out)))
 
 
@@ -67,7 +93,7 @@ class FeedForwardBlock(Block):
     def forward(self, x: Tensor, run: StackRun, slot: int | None = None) -> Tensor:
         if run.collect:
             run.layer_hiddens.append(x)
-        return self.join(x, self.branch(self.pre_norm(x)))
+        return self.join(x, self.branch(self.branch_input(x, run, slot)), run)
 
 
 class AttentionBlock(Block):
@@ -85,7 +111,7 @@ class AttentionBlock(Block):
                 run.hiddens.append(x)
         cache = None if run.cache is None else run.cache.layer(slot, self.is_cross)
         out = self.branch(
-            self.pre_norm(x),
+            self.branch_input(x, run, slot),
             context=run.context if self.is_cross else None,
             plan=run.cross_mask if self.is_cross else run.self_mask,
             positions=None if self.is_cross else run.positions,
@@ -97,4 +123,15 @@ class AttentionBlock(Block):
             out, inter = out
             inter.layer_type = self.layer_type
             run.attn_intermediates.append(inter)
-        return self.join(x, out)
+        return self.join(x, out, run)
+
+    def remember(self, mem: Tensor, positions: Any, cache: KVCache, slot: int) -> None:
+        """Transformer-XL: write the keys/values of memory hiddens (b, m, d) at the cache's
+        start, as if they were earlier rows (their attention output is discarded).
+        ``positions``: what the attention's position module reads for those rows."""
+        self.branch(
+            self.pre_norm(mem),
+            plan=AttentionMask(),
+            positions=positions,
+            cache=cache.layer(slot, self.is_cross),
+        )

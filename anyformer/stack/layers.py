@@ -12,13 +12,17 @@ from ..checks import check_attn_mask, check_float_input, check_mask
 from ..config.later import LATER_FORWARD, raise_if_later
 from ..config.options import from_dict, to_dict, unknown_keyword
 from ..config.stack import StackConfig, parse_stack_config
+from ..config.structure import per_layer
 from ..intermediates import LayerIntermediates
 from ..nn.attention import Attention
 from ..nn.feedforward import FeedForward
 from ..nn.init import reset_module_tree
 from ..nn.masks import AttentionMask, build_attention_mask, causal_keep_mask, expand_attn_mask
 from ..nn.norms import build_norm
+from ..nn.token_dropout import drop_tokens
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
+from .memory import remember
+from .structure import attention_config, block_slots, feedforward_branch, feedforward_config
 
 __all__ = ["AttentionLayers", "CrossAttender", "Decoder", "Encoder", "PrefixDecoder"]
 
@@ -67,23 +71,25 @@ class AttentionLayers(nn.Module):
         self.cross_attend = config.cross_attend
         self.disable_abs_pos_emb = config.disable_abs_pos_emb
         self.layer_types = config.layer_types
-        self.layers = nn.ModuleList(self._build_block(t) for t in self.layer_types)
+        self.layers = nn.ModuleList(
+            self._build_block(t, i) for i, t in enumerate(self.layer_types)
+        )
+        self.layer_dropouts = per_layer(config.layer_dropout, len(self.layer_types))
         self.final_norm = (
             build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
         )
         self.attn_bias: nn.Module | None = None  # additive position bias (ALiBi, T5, ...)
-        self._set_execution_order(tuple(range(len(self.layers))))
+        self._set_execution_order(config.execution_order)
 
     def _set_execution_order(self, order: tuple[int, ...]) -> None:
         """Blocks run in `order` (indices into self.layers); each attention execution owns one
-        KV-cache slot, so a block run twice (weight tying, custom orders) caches twice."""
+        KV-cache slot (and a token-shifting block one more, after it), so a block run twice
+        (weight tying, custom orders) caches twice."""
         plan, slot = [], 0
         for index in order:
-            if self.layer_types[index] == "f":
-                plan.append((index, None))
-            else:
-                plan.append((index, slot))
-                slot += 1
+            used = self.layers[index].cache_slots
+            plan.append((index, slot if used else None))
+            slot += used
         self.execution_plan: tuple[tuple[int, int | None], ...] = tuple(plan)
         self.uses_positions = self.attn_bias is not None or any(
             getattr(block.branch, "position", None) is not None
@@ -91,20 +97,20 @@ class AttentionLayers(nn.Module):
             if block.layer_type == "a"
         )
 
-    def _build_block(self, layer_type: str) -> nn.Module:
+    def _build_block(self, layer_type: str, index: int = 0) -> nn.Module:
         c = self.config
-        pre = build_norm(c.dim, c.norm) if c.pre_norm else None
-        post = None if c.pre_norm else build_norm(c.dim, c.norm)
+        slots = block_slots(c, layer_type, index)  # norms, residual, token shift
         if layer_type == "f":
-            return FeedForwardBlock(FeedForward(c.dim, config=c.feedforward), pre, post)
+            ff = FeedForward(c.dim, config=feedforward_config(c))
+            return FeedForwardBlock(feedforward_branch(c, ff), **slots)
         is_cross = layer_type == "c"
         attn = Attention(
             c.dim,
             heads=c.heads,
             causal=c.causal and not is_cross,
-            config=c.cross_attention if is_cross else c.attention,
+            config=attention_config(c, is_cross),
         )
-        return AttentionBlock(attn, pre, post, is_cross=is_cross)
+        return AttentionBlock(attn, is_cross=is_cross, **slots)
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | StackConfig) -> AttentionLayers:
@@ -144,9 +150,15 @@ class AttentionLayers(nn.Module):
         cache: KVCache | LayerIntermediates | None = None,
         return_attn: bool = False,
         pos: Tensor | None = None,
+        mems: list[Tensor] | None = None,
+        mem_masks: list[Tensor] | Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         """x (b, n, dim) -> (b, n, dim); with return_hiddens, also LayerIntermediates.
+
+        ``mems``: Transformer-XL memories, one (b, m, dim) hidden per self-attention execution
+        (as ``LayerIntermediates.hiddens`` of the previous segment); every query also attends to
+        them, as rows before x. ``mem_masks``: their (b, m) key mask (one, or one per layer).
 
         With a ``cache``, x holds only the new positions and ``mask`` only their key mask
         (the cache remembers the rest). ``pos`` (n,) or (b, n): the rows' positions (default:
@@ -156,6 +168,12 @@ class AttentionLayers(nn.Module):
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
         b, n = self._check_inputs(x, context, mask, context_mask, attn_mask, cache)
+        if mems is not None or mem_masks is not None:
+            cache = remember(self, mems, mem_masks, cache, attn_mask, x)
+        if self.training and self.config.cross_attn_tokens_dropout > 0 and context is not None:
+            context, context_mask = drop_tokens(
+                context, context_mask, self.config.cross_attn_tokens_dropout
+            )
         if cache is None and return_hiddens and self.causal and attn_mask is None:
             # returned in the intermediates to continue decoding from; training needs none
             cache = None if self.training else KVCache()
@@ -178,17 +196,25 @@ class AttentionLayers(nn.Module):
             cache=cache,
             collect=return_hiddens or return_attn,
             return_attn=return_attn,
+            row_mask=mask,
         )
         if self.attn_bias is not None:
             run.self_mask = run.self_mask.with_bias(self.attn_bias(positions, k_len))
         if self.cross_attend:
             run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
+        if self.config.resi_dual:
+            run.dual = x * self.config.resi_dual_scale
         layers = self.layers
-        for index, slot in self.execution_plan:
+        skip = self._dropped_layers(cache) if self.training else None
+        for step, (index, slot) in enumerate(self.execution_plan):
+            if skip is not None and skip[step]:
+                if run.collect and self.layer_types[index] == "a":
+                    run.hiddens.append(x)  # keeps one hidden (XL memory) per attention execution
+                continue
             x = layers[index](x, run, slot)
         if run.collect:
             run.layer_hiddens.append(x)
-        x = self.final_norm(x)
+        x = x + self.final_norm(run.dual) if run.dual is not None else self.final_norm(x)
         if cache is not None:
             cache.advance(n)
         if not (return_hiddens or return_attn):
@@ -200,6 +226,18 @@ class AttentionLayers(nn.Module):
             layer_hiddens=run.layer_hiddens,
             cache=cache,
         )
+
+    def _dropped_layers(self, cache: KVCache | None) -> list[bool] | None:
+        """Stochastic depth: which executions of the plan skip their layer this forward."""
+        probs = [self.layer_dropouts[index] for index, _ in self.execution_plan]
+        if not any(probs):
+            return None
+        if cache is not None:
+            raise ValueError(
+                "layer_dropout skips layers while training, which a KV cache cannot follow: "
+                "decode in eval mode (model.eval())"
+            )
+        return (torch.rand(len(probs)) < torch.tensor(probs)).tolist()
 
     @staticmethod
     def _positions(
@@ -243,6 +281,8 @@ class AttentionLayers(nn.Module):
                 "cache",
                 "return_attn",
                 "pos",
+                "mems",
+                "mem_masks",
             ]
             raise unknown_keyword(owner, next(iter(kwargs)), valid)
 

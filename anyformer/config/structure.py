@@ -1,0 +1,184 @@
+"""Stack structure: the layer-type sequence, the execution order and the checks that tie the
+structure options of a StackConfig together (layer orders, residual schemes, token shift)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["check_structure", "default_block", "execution_order", "layer_types", "per_layer"]
+
+_OWNER = "AttentionLayers"
+
+
+def default_block(config: Any) -> tuple[str, ...]:
+    """One block of the stack: (a, f), (a, c, f) or (c, f); macaron puts an f in front."""
+    if config.only_cross:
+        block: tuple[str, ...] = ("c", "f")
+    elif config.cross_attend:
+        block = ("a", "c", "f")
+    else:
+        block = ("a", "f")
+    return ("f", *block) if config.macaron else block
+
+
+def _par_layer_types(block: tuple[str, ...], depth: int, par_ratio: int) -> tuple[str, ...]:
+    """PAR Transformer (https://arxiv.org/abs/2009.04534): the attention layers (1 in par_ratio
+    of all layers) sit in the first 2/3 of the stack, each followed by feedforwards; the rest
+    of the stack is feedforward only."""
+    par_depth = depth * len(block)
+    if not 1 < par_ratio <= par_depth:
+        raise ValueError(
+            f"{_OWNER}: par_ratio must be in (1, {par_depth}] (depth * layers per block), "
+            f"got {par_ratio}"
+        )
+    attn_block = tuple(t for t in block if t != "f")
+    par_attn = par_depth // par_ratio
+    depth_cut = par_depth * 2 // 3
+    par_width = (depth_cut + depth_cut // par_attn) // par_attn
+    if len(attn_block) > par_width:
+        raise ValueError(
+            f"{_OWNER}: par_ratio={par_ratio} leaves {par_width} layers per attention group, "
+            f"fewer than the {len(attn_block)} attention layers of a block {attn_block}"
+        )
+    head = (attn_block + ("f",) * (par_width - len(attn_block))) * par_attn
+    return head + ("f",) * (par_depth - len(head))
+
+
+def layer_types(config: Any) -> tuple[str, ...]:
+    """'a' self-attention, 'c' cross-attention, 'f' feedforward: the stack's layers, in order."""
+    block = default_block(config)
+    if config.weight_tie_layers:
+        return block
+    if config.custom_layers is not None:
+        return config.custom_layers
+    if config.par_ratio is not None:
+        return _par_layer_types(block, config.depth, config.par_ratio)
+    if config.sandwich_coef is not None:
+        coef = config.sandwich_coef
+        return ("a",) * coef + block * (config.depth - coef) + ("f",) * coef
+    return block * config.depth
+
+
+def execution_order(config: Any) -> tuple[int, ...]:
+    """Indices into the layers, in the order they run (a layer may run several times)."""
+    if config.layers_execute_order is not None:
+        return config.layers_execute_order
+    n = len(layer_types(config))
+    if config.weight_tie_layers:
+        return tuple(range(n)) * config.depth
+    return tuple(range(n))
+
+
+def per_layer(value: Any, count: int) -> tuple[Any, ...]:
+    """A per-layer option: one value for every layer, or a tuple of exactly `count` values."""
+    return value if isinstance(value, tuple) else (value,) * count
+
+
+def _as_tuple(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, list):
+        object.__setattr__(config, name, tuple(value))
+
+
+def normalise_sequences(config: Any) -> None:
+    """Lists given for tuple options become tuples (before the type check)."""
+    for name in ("custom_layers", "layers_execute_order", "shift_tokens", "layer_dropout"):
+        _as_tuple(config, name)
+    if isinstance(config.custom_layers, str):
+        object.__setattr__(config, "custom_layers", tuple(config.custom_layers))
+
+
+def _exclusive(config: Any, first: str, second: str, why: str) -> None:
+    if getattr(config, first) not in (None, False) and getattr(config, second) not in (None, False):
+        raise ValueError(f"{_OWNER}: {first} and {second} cannot be combined: {why}")
+
+
+def _check_orders(config: Any) -> None:
+    for other in ("custom_layers", "par_ratio", "sandwich_coef", "layers_execute_order"):
+        _exclusive(
+            config,
+            "weight_tie_layers",
+            other,
+            "weight tying fixes the layers (one block) and their order (the block, depth times)",
+        )
+    _exclusive(config, "custom_layers", "par_ratio", "both give the layer types")
+    _exclusive(config, "custom_layers", "sandwich_coef", "both give the layer types")
+    _exclusive(config, "par_ratio", "sandwich_coef", "both give the layer types")
+    if config.custom_layers is not None:
+        bad = [t for t in config.custom_layers if t not in ("a", "c", "f")]
+        if bad or not config.custom_layers:
+            raise ValueError(
+                f"{_OWNER}: custom_layers must be a non-empty sequence of 'a', 'c', 'f', "
+                f"got {config.custom_layers!r}"
+            )
+        if "c" in config.custom_layers and not config.cross_attend:
+            raise ValueError(f"{_OWNER}: custom_layers with 'c' layers needs cross_attend=True")
+    if config.sandwich_coef is not None and not 0 < config.sandwich_coef <= config.depth:
+        raise ValueError(
+            f"{_OWNER}: sandwich_coef must be in [1, depth={config.depth}], "
+            f"got {config.sandwich_coef}"
+        )
+    count = len(layer_types(config))
+    order = config.layers_execute_order
+    if order is not None and (not order or any(not 0 <= i < count for i in order)):
+        raise ValueError(
+            f"{_OWNER}: layers_execute_order must be a non-empty sequence of layer indices in "
+            f"[0, {count}), got {order!r}"
+        )
+
+
+def _check_per_layer(config: Any, name: str, low: float, high: float | None) -> None:
+    value = getattr(config, name)
+    count = len(layer_types(config))
+    if isinstance(value, tuple) and len(value) != count:
+        raise ValueError(
+            f"{_OWNER}: {name} as a tuple needs one value per layer ({count} layers: "
+            f"{''.join(layer_types(config))}), got {len(value)}"
+        )
+    for v in per_layer(value, count):
+        if v < low or (high is not None and v >= high):
+            span = f"[{low}, {high})" if high is not None else f">= {low}"
+            raise ValueError(f"{_OWNER}: {name} values must be {span}, got {value!r}")
+
+
+def _check_residuals(config: Any) -> None:
+    if config.sandwich_norm and not config.pre_norm:
+        raise ValueError(
+            f"{_OWNER}: sandwich_norm=True needs pre_norm=True (the sandwich norm is the "
+            "pre-norm block's extra norm on the branch output)"
+        )
+    _exclusive(
+        config, "sandwich_norm", "resi_dual", "ResiDual's post-norm stream has its own norms"
+    )
+    if not 0 < config.resi_dual_scale <= 1:
+        raise ValueError(
+            f"{_OWNER}: resi_dual_scale must be in (0, 1], got {config.resi_dual_scale}"
+        )
+    if config.resi_dual and not config.pre_norm_has_final_norm:
+        raise ValueError(
+            f"{_OWNER}: resi_dual=True needs its final norm (of the pre-norm stream); "
+            "pre_norm_has_final_norm=False cannot be combined with it"
+        )
+    if config.gate_residual and config.scale_residual_constant != 1:
+        raise ValueError(
+            f"{_OWNER}: gate_residual=True and scale_residual_constant="
+            f"{config.scale_residual_constant} cannot be combined: the GRU gate replaces the "
+            "sum the constant would scale (x-transformers ignores the constant there)"
+        )
+    if not config.scale_residual_constant > 0:
+        raise ValueError(
+            f"{_OWNER}: scale_residual_constant must be > 0, got {config.scale_residual_constant}"
+        )
+
+
+def check_structure(config: Any) -> None:
+    """Validate the structure options of a StackConfig (errors name the keywords)."""
+    _check_orders(config)
+    _check_residuals(config)
+    _check_per_layer(config, "shift_tokens", 0, None)
+    _check_per_layer(config, "layer_dropout", 0.0, 1.0)
+    if not 0.0 <= config.cross_attn_tokens_dropout < 1.0:
+        raise ValueError(
+            f"{_OWNER}: cross_attn_tokens_dropout must be in [0, 1), "
+            f"got {config.cross_attn_tokens_dropout}"
+        )
