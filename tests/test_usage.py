@@ -58,12 +58,13 @@ def test_readme_decoder_only():
 def test_readme_encoder_only_with_mask():
     model = TransformerWrapper(
         num_tokens=256, max_seq_len=1024, attn_layers=Encoder(dim=64, depth=2, heads=4)
-    )
+    ).eval()
     x = torch.randint(0, 256, (1, 128))
     mask = torch.ones_like(x).bool()
     out = model(x, mask=mask)
     assert out.shape == (1, 128, 256)
-    assert torch.isfinite(out).all()
+    # an all-True mask hides nothing: the same logits as no mask
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
 
 
 def test_readme_encoder_mask_hides_padding():
@@ -261,21 +262,45 @@ def test_emb_dim_projection():
     assert isinstance(decoder_lm().project_emb, torch.nn.Identity)
 
 
+def stack_input(model, x, **kwargs):
+    """What the wrapper hands its attention stack (the embeddings after every wrapper step)."""
+    seen = []
+    handle = model.attn_layers.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    model(x, **kwargs)
+    handle.remove()
+    return seen[0]
+
+
 def test_emb_dropout():
     m = decoder_lm(emb_dropout=0.5)
-    assert m.emb_dropout.p == 0.5
     x = tokens()
-    torch.testing.assert_close(m(x), m(x))  # eval: no dropout
+    no_dropout = decoder_lm()
+    no_dropout.load_state_dict(m.state_dict())
+    # eval: no dropout, the same logits as the same weights without emb_dropout
+    torch.testing.assert_close(m(x), no_dropout(x))
+    # training: about half the embedding entries are zeroed and the rest scaled by 1/(1-p) = 2
+    embeds = stack_input(m, x)
     m.train()
-    assert not torch.allclose(m(x), m(x))
+    dropped = stack_input(m, x)
+    kept = dropped != 0
+    assert 0.35 < kept.float().mean().item() < 0.65
+    torch.testing.assert_close(dropped[kept], 2 * embeds[kept])
 
 
 def test_post_emb_norm():
     m = decoder_lm(post_emb_norm=True)
-    assert isinstance(m.post_emb_norm, torch.nn.LayerNorm)
     assert m.post_emb_norm.normalized_shape == (DIM,)
     assert isinstance(decoder_lm().post_emb_norm, torch.nn.Identity)
-    assert m(tokens()).shape == (2, 8, 64)
+    # the stack receives layer-normalised embeddings: per position mean 0, variance 1 (gain 1)
+    h = stack_input(m, tokens()).double()
+    torch.testing.assert_close(
+        h.mean(-1), torch.zeros(h.shape[:-1], dtype=h.dtype), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        h.var(-1, unbiased=False), torch.ones(h.shape[:-1], dtype=h.dtype), atol=1e-3, rtol=0
+    )
+    plain = stack_input(decoder_lm(), tokens()).double()
+    assert plain.var(-1, unbiased=False).sub(1).abs().max() > 0.1  # without it they are not
 
 
 def test_tie_embedding_shares_the_weight():
@@ -391,8 +416,12 @@ def test_embed_num_tokens_and_embed_ids():
 
 def test_return_embeddings():
     m = decoder_lm()
-    emb = m(tokens(), return_embeddings=True)
+    x = tokens()
+    emb = m(x, return_embeddings=True)
     assert emb.shape == (2, 8, DIM)
+    # the logits are those embeddings through the bias-free output head (x-transformers' to_logits)
+    head = m.to_logits.weight.double()
+    torch.testing.assert_close(m(x).double(), emb.double() @ head.T, atol=1e-5, rtol=1e-5)
 
 
 def test_return_only_embed():
@@ -543,22 +572,29 @@ def test_xtransformer_tied_survives_copy_and_pickle():
 
 
 def test_xtransformer_cross_attn_tokens_dropout_only_in_training():
-    model = XTransformer(
-        dim=DIM,
-        enc_num_tokens=64,
-        enc_max_seq_len=16,
-        enc_depth=1,
-        enc_heads=2,
-        dec_num_tokens=64,
-        dec_max_seq_len=16,
-        dec_depth=1,
-        dec_heads=2,
-        cross_attn_tokens_dropout=0.5,
-    )
+    def build(dropout):
+        torch.manual_seed(0)
+        return XTransformer(
+            dim=DIM,
+            enc_num_tokens=64,
+            enc_max_seq_len=16,
+            enc_depth=1,
+            enc_heads=2,
+            dec_num_tokens=64,
+            dec_max_seq_len=16,
+            dec_depth=1,
+            dec_heads=2,
+            cross_attn_tokens_dropout=dropout,
+        )
+
+    model, reference = build(0.5), build(0.0)
+    reference.load_state_dict(model.state_dict())
     src, tgt = tokens(n=12), tokens(n=9)
     mask = torch.ones(2, 12, dtype=torch.bool)
-    model.eval()
-    torch.testing.assert_close(model(src, tgt, mask=mask), model(src, tgt, mask=mask))
-    model.train()
-    losses = {round(model(src, tgt, mask=mask).item(), 6) for _ in range(4)}
-    assert len(losses) > 1
+    # eval: the context is whole, the same loss as without the option
+    model.eval(), reference.eval()
+    torch.testing.assert_close(model(src, tgt, mask=mask), reference(src, tgt, mask=mask))
+    # training: tokens are dropped, so the loss moves away from the whole-context loss
+    model.train(), reference.train()
+    whole = reference(src, tgt, mask=mask).item()
+    assert any(abs(model(src, tgt, mask=mask).item() - whole) > 1e-6 for _ in range(4))
