@@ -1,0 +1,198 @@
+"""PositionConfig: the positional scheme of a stack (rotary family, ALiBi, T5 and dynamic biases).
+
+Stack-level keywords whose names are these fields land here. At most one additive bias (ALiBi,
+T5 buckets, dynamic MLP) may be on; rotary may be combined with any of them. Checks that need the
+stack's own options (causality, heads, head width) live in ``check_stack``, which StackConfig
+calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import check_fields, option
+
+__all__ = ["PositionConfig"]
+
+_ROTARY_OPTIONS = {
+    "rotary_emb_dim": None,
+    "rotary_xpos_scale_base": 512.0,
+    "rotary_interpolation_factor": 1.0,
+    "rotary_base_rescale_factor": 1.0,
+    "rotary_theta": 10000.0,
+}
+_ROTARY = "https://arxiv.org/abs/2104.09864"
+_XPOS = "https://arxiv.org/abs/2212.10554"
+_ALIBI = "https://arxiv.org/abs/2108.12409"
+_T5 = "https://arxiv.org/abs/1910.10683"
+_DYNAMIC = "https://arxiv.org/abs/2111.09883"
+
+
+@dataclass(frozen=True)
+class PositionConfig:
+    """Positional options of a stack; each field is one x-transformers keyword (plus rotary_theta)."""
+
+    rotary_pos_emb: bool = option(False, "rotary position embedding on queries and keys", _ROTARY)
+    rotary_emb_dim: int | None = option(
+        None,
+        "rotated features per head (partial rotary); default max(dim_head // 2, 32), at most "
+        "dim_head",
+        "https://github.com/kingoflolz/mesh-transformer-jax",
+    )
+    rotary_xpos: bool = option(
+        False, "xPos: rotary with an exponential decay by distance (causal only)", _XPOS
+    )
+    rotary_xpos_scale_base: float = option(
+        512.0, "xPos: distance over which the decay applies", _XPOS
+    )
+    rotary_interpolation_factor: float = option(
+        1.0, "position interpolation: positions are divided by this factor (>= 1)",
+        "https://arxiv.org/abs/2306.15595",
+    )  # fmt: skip
+    rotary_base_rescale_factor: float = option(
+        1.0,
+        "NTK-aware scaling: the rotary base is multiplied by factor ** (d / (d - 2))",
+        "https://www.reddit.com/r/LocalLLaMA/comments/14lz7j5/",
+    )
+    rotary_theta: float = option(
+        10000.0, "rotary base (Llama 1/2: 10000, Llama 3: 500000)", _ROTARY
+    )
+    alibi_pos_bias: bool = option(
+        False, "ALiBi: a linear distance penalty per head added to the attention logits", _ALIBI
+    )
+    alibi_num_heads: int | None = option(
+        None, "ALiBi on the first alibi_num_heads heads only (default: all heads)", _ALIBI
+    )
+    rel_pos_bias: bool = option(
+        False, "T5 relative position bias: one learned scalar per head and distance bucket", _T5
+    )
+    rel_pos_num_buckets: int = option(32, "T5 bias: number of distance buckets", _T5)
+    rel_pos_max_distance: int = option(
+        128, "T5 bias: distance from which all distances share the last bucket", _T5
+    )
+    dynamic_pos_bias: bool = option(
+        False, "dynamic position bias: an MLP maps each distance to a bias per head", _DYNAMIC
+    )
+    dynamic_pos_bias_log_distance: bool = option(
+        False, "dynamic bias: the MLP reads sign(d) * log(|d| + 1)", _DYNAMIC
+    )
+    dynamic_pos_bias_mlp_depth: int = option(
+        2, "dynamic bias: hidden layers of the MLP (>= 1)", _DYNAMIC
+    )
+    dynamic_pos_bias_norm: bool = option(
+        False, "dynamic bias: LayerNorm after each hidden layer of the MLP", _DYNAMIC
+    )
+    disable_abs_pos_emb: bool | None = option(
+        None,
+        "tell the wrapper not to add absolute positions; default True with rotary or the T5 "
+        "bias (as x-transformers), else False",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "AttentionLayers")
+        on = self.bias_keywords
+        if len(on) > 1:
+            raise ValueError(
+                f"AttentionLayers: {' and '.join(on)} cannot be combined: choose one additive "
+                "position bias"
+            )
+        if self.rotary_emb_dim is not None and (self.rotary_emb_dim < 2 or self.rotary_emb_dim % 2):
+            raise ValueError(
+                f"AttentionLayers: rotary_emb_dim must be an even int >= 2, got {self.rotary_emb_dim}"
+            )
+        if self.rotary_interpolation_factor < 1:
+            raise ValueError(
+                "AttentionLayers: rotary_interpolation_factor must be >= 1, got "
+                f"{self.rotary_interpolation_factor}"
+            )
+        for name in ("rotary_xpos_scale_base", "rotary_base_rescale_factor", "rotary_theta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"AttentionLayers: {name} must be > 0, got {getattr(self, name)}")
+        if not self.uses_rotary:
+            changed = [n for n, d in _ROTARY_OPTIONS.items() if getattr(self, n) != d]
+            if changed:
+                raise ValueError(
+                    f"AttentionLayers: {changed[0]} was set but rotary_pos_emb=False "
+                    "(turn rotary_pos_emb on, or drop the option)"
+                )
+        if self.alibi_num_heads is not None:
+            if not self.alibi_pos_bias:
+                raise ValueError(
+                    "AttentionLayers: alibi_num_heads was set but alibi_pos_bias=False"
+                )
+            if self.alibi_num_heads < 1:
+                raise ValueError(
+                    f"AttentionLayers: alibi_num_heads must be >= 1, got {self.alibi_num_heads}"
+                )
+        if self.rel_pos_num_buckets < 2 or self.rel_pos_num_buckets > self.rel_pos_max_distance:
+            raise ValueError(
+                "AttentionLayers: rel_pos_num_buckets must be in [2, rel_pos_max_distance="
+                f"{self.rel_pos_max_distance}], got {self.rel_pos_num_buckets}"
+            )
+        if self.dynamic_pos_bias_mlp_depth < 1:
+            raise ValueError(
+                "AttentionLayers: dynamic_pos_bias_mlp_depth must be >= 1, got "
+                f"{self.dynamic_pos_bias_mlp_depth}"
+            )
+
+    @property
+    def uses_rotary(self) -> bool:
+        """rotary_xpos implies rotary_pos_emb (as in x-transformers)."""
+        return self.rotary_pos_emb or self.rotary_xpos
+
+    @property
+    def bias_keywords(self) -> tuple[str, ...]:
+        """The additive-bias keywords that are on (at most one)."""
+        names = ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias")
+        return tuple(n for n in names if getattr(self, n))
+
+    @property
+    def abs_pos_emb_disabled(self) -> bool:
+        """Whether the wrapper leaves out absolute positions (x-transformers' default rule)."""
+        if self.disable_abs_pos_emb is not None:
+            return self.disable_abs_pos_emb
+        return self.uses_rotary or self.rel_pos_bias
+
+    def rotary_dim(self, dim_head: int) -> int:
+        """Rotated features per head: the keyword, else max(dim_head // 2, 32) capped at dim_head."""
+        if self.rotary_emb_dim is not None:
+            return self.rotary_emb_dim
+        return min(max(dim_head // 2, 32), dim_head - dim_head % 2)
+
+    def check_stack(
+        self, *, causal: bool, dim: int, heads: int, dim_head: int, rotate_values: bool
+    ) -> None:
+        """Checks that need the stack's own options."""
+        if rotate_values and not self.uses_rotary:
+            raise ValueError(
+                "AttentionLayers: attn_rotary_embed_values=True needs rotary_pos_emb=True"
+            )
+        if self.dynamic_pos_bias and dim < 4:
+            raise ValueError(
+                f"AttentionLayers: dynamic_pos_bias needs dim >= 4 (its MLP is dim // 4 wide), "
+                f"got dim={dim}"
+            )
+        if self.rel_pos_bias and not causal and self.rel_pos_num_buckets < 4:
+            raise ValueError(
+                "AttentionLayers: rel_pos_num_buckets must be >= 4 in a bidirectional stack (each "
+                f"direction gets half), got {self.rel_pos_num_buckets}"
+            )
+        if self.rotary_xpos and not causal:
+            raise ValueError(
+                "AttentionLayers: rotary_xpos=True needs a causal stack (Decoder): xPos decays "
+                "with distance in one direction only"
+            )
+        if self.alibi_num_heads is not None and self.alibi_num_heads > heads:
+            raise ValueError(
+                f"AttentionLayers: alibi_num_heads must be <= heads={heads}, got "
+                f"{self.alibi_num_heads}"
+            )
+        if self.uses_rotary and self.rotary_dim(dim_head) > dim_head:
+            raise ValueError(
+                f"AttentionLayers: rotary_emb_dim must be <= attn_dim_head={dim_head}, got "
+                f"{self.rotary_dim(dim_head)}"
+            )
+        if self.uses_rotary and self.rotary_dim(dim_head) < 2:
+            raise ValueError(
+                f"AttentionLayers: rotary_pos_emb needs attn_dim_head >= 2, got {dim_head}"
+            )

@@ -1,0 +1,57 @@
+"""ALiBi: attention with linear biases (Press et al., https://arxiv.org/abs/2108.12409).
+
+Head h adds ``-m_h * |i - j|`` to the logit of query i and key j. For n heads (a power of two)
+the slopes are the geometric sequence ``m_h = 2 ** (-8 h / n)``, h = 1..n; otherwise the n' = the
+largest power of two below n heads take the n'-head slopes and the others take every second
+slope of the 2n'-head sequence (the paper's recipe). With ``alibi_num_heads < heads`` only the
+first heads are biased (slope 0 for the rest).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["AlibiPositionalBias", "alibi_slopes"]
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """The paper's slopes for `heads` heads."""
+
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+
+    if heads & (heads - 1) == 0:
+        return geometric(heads)
+    lower = 2 ** math.floor(math.log2(heads))
+    return geometric(lower) + geometric(2 * lower)[0::2][: heads - lower]
+
+
+class AlibiPositionalBias(nn.Module):
+    """(q_pos (b|1, i), k_pos (b|1, j)) -> additive bias (b|1, heads, i, j)."""
+
+    def __init__(self, heads: int, total_heads: int | None = None) -> None:
+        super().__init__()
+        total_heads = heads if total_heads is None else total_heads
+        if not 1 <= heads <= total_heads:
+            raise ValueError(
+                f"AlibiPositionalBias: heads must be in [1, total_heads={total_heads}], got {heads}"
+            )
+        self.heads, self.total_heads = heads, total_heads
+        self.register_buffer("slopes", torch.empty(total_heads), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Recompute the slopes (a computed buffer: not saved, garbage after to_empty)."""
+        values = alibi_slopes(self.heads) + [0.0] * (self.total_heads - self.heads)
+        with torch.no_grad():
+            self.slopes.copy_(torch.tensor(values))
+
+    def forward(self, q_pos: Tensor, k_pos: Tensor, span: int | None = None) -> Tensor:
+        distance = (k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)).abs()  # (b|1, i, j)
+        return -distance.unsqueeze(1).to(self.slopes.dtype) * self.slopes.view(-1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, total_heads={self.total_heads}"

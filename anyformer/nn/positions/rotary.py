@@ -1,0 +1,185 @@
+"""Rotary position embedding (RoPE) and its family: partial rotary, xPos, interpolation, NTK base.
+
+RoPE (Su et al., https://arxiv.org/abs/2104.09864) rotates each pair of features of a query or
+key by an angle proportional to the token's position, so that q . k depends only on the distance
+between the two tokens. The pairs are (i, i + r/2) over the first ``r`` features of a head (the
+"rotate half" layout of GPT-NeoX and Llama); with ``r < dim_head`` the rest pass unchanged
+(partial rotary, GPT-J). Options:
+
+- ``theta``: the base of the frequencies ``theta ** (-2i / r)``;
+- ``base_rescale_factor`` (NTK-aware scaling): ``theta * factor ** (r / (r - 2))``;
+- ``interpolation_factor`` f (position interpolation, https://arxiv.org/abs/2306.15595): position
+  p is rotated as position p / f;
+- ``xpos_scale_base`` (xPos, https://arxiv.org/abs/2212.10554): queries are scaled by
+  ``zeta ** ((p - c) / scale_base)`` and keys by its inverse, so q . k decays with distance; ``c``
+  is a centre that cancels in every product (kept fixed for a whole cached decode).
+
+The cos/sin table is a non-persistent buffer covering positions [0, len), grown (doubled) when a
+longer sequence arrives; consecutive positions are a slice of it. Per-row positions are
+computed directly (the same arithmetic, so the same values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RotaryAngles", "RotaryEmbedding", "apply_rotary"]
+
+#: Positions the table covers when it is first built (grown on demand).
+INITIAL_TABLE_LEN = 1024
+
+
+@dataclass(frozen=True)
+class RotaryAngles:
+    """cos/sin of the rotation of the rows computed now, (b|1, 1, n, r/2) each, for queries and
+    keys (they differ only with xPos, whose scales are folded in)."""
+
+    q_cos: Tensor
+    q_sin: Tensor
+    k_cos: Tensor
+    k_sin: Tensor
+
+
+def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the pairs (i, i + r/2) of the first r = 2 * cos.shape[-1] features of t (..., n, d)."""
+    half = cos.shape[-1]
+    x1, x2 = t[..., :half], t[..., half : 2 * half]
+    cos, sin = cos.to(t.dtype), sin.to(t.dtype)
+    parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+    if 2 * half < t.shape[-1]:
+        parts.append(t[..., 2 * half :])
+    return torch.cat(parts, dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """One per stack, shared by its self-attention layers: ``(q, k, positions) -> (q, k)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        theta: float = 10000.0,
+        interpolation_factor: float = 1.0,
+        base_rescale_factor: float = 1.0,
+        xpos_scale_base: float | None = None,
+    ) -> None:
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"RotaryEmbedding: dim must be an even int >= 2, got {dim}")
+        if base_rescale_factor != 1.0 and dim <= 2:
+            raise ValueError("RotaryEmbedding: base_rescale_factor needs dim > 2")
+        self.dim = dim
+        self.theta = theta
+        self.interpolation_factor = interpolation_factor
+        self.base_rescale_factor = base_rescale_factor
+        self.xpos_scale_base = xpos_scale_base
+        half = dim // 2
+        self.register_buffer("inv_freq", torch.empty(half), persistent=False)
+        self.register_buffer("cos_table", torch.empty(INITIAL_TABLE_LEN, half), persistent=False)
+        self.register_buffer("sin_table", torch.empty(INITIAL_TABLE_LEN, half), persistent=False)
+        self.xpos_zeta: Tensor | None
+        if xpos_scale_base is None:
+            self.xpos_zeta = None
+        else:
+            self.register_buffer("xpos_zeta", torch.empty(half), persistent=False)
+        self.reset_parameters()
+
+    @property
+    def base(self) -> float:
+        """The frequency base after NTK-aware rescaling."""
+        if self.base_rescale_factor == 1.0:
+            return self.theta
+        return self.theta * self.base_rescale_factor ** (self.dim / (self.dim - 2))
+
+    def reset_parameters(self) -> None:
+        """Recompute the frequencies and the table (they are not saved; to_empty leaves garbage)."""
+        device = self.inv_freq.device
+        with torch.no_grad():
+            exponent = torch.arange(0, self.dim, 2, device=device).float() / self.dim
+            self.inv_freq.copy_(1.0 / (self.base**exponent))
+            if self.xpos_zeta is not None:
+                # zeta_i = (2i + 0.4 r) / (1.4 r): the xPos paper's per-pair decay rates
+                pairs = torch.arange(0, self.dim, 2, device=device).float()
+                self.xpos_zeta.copy_((pairs + 0.4 * self.dim) / (1.4 * self.dim))
+            self._fill_table(self.cos_table.shape[0])
+
+    def _angles(self, positions: Tensor) -> Tensor:
+        """(...,) positions -> (..., r/2) angles p * inv_freq / interpolation_factor."""
+        inv_freq = self.inv_freq
+        dtype = torch.promote_types(inv_freq.dtype, torch.float32)
+        angles = positions.to(dtype).unsqueeze(-1) * inv_freq.to(dtype)
+        if self.interpolation_factor != 1.0:
+            angles = angles / self.interpolation_factor
+        return angles
+
+    def _fill_table(self, length: int) -> None:
+        positions = torch.arange(length, device=self.inv_freq.device)
+        angles = self._angles(positions)
+        self.cos_table = angles.cos().to(self.cos_table.dtype)
+        self.sin_table = angles.sin().to(self.sin_table.dtype)
+
+    def _table(self, start: int, n: int) -> tuple[Tensor, Tensor]:
+        """cos/sin of positions start .. start + n - 1, (n, r/2), growing the table if needed."""
+        end = start + n
+        if end > self.cos_table.shape[0]:
+            with torch.no_grad():
+                self._fill_table(max(end, 2 * self.cos_table.shape[0]))
+        return self.cos_table[start:end], self.sin_table[start:end]
+
+    def angles(
+        self, positions: Tensor, offset: int | None = None, cache: Any = None
+    ) -> RotaryAngles:
+        """The rotation of the rows at ``positions`` (b|1, n); ``offset``: they are known to be
+        offset .. offset + n - 1 (a slice of the table). ``cache`` keeps the xPos centre fixed
+        over a cached decode."""
+        if offset is not None:
+            cos, sin = self._table(offset, positions.shape[-1])
+            cos, sin = cos[None, None], sin[None, None]
+        else:
+            angles = self._angles(positions).unsqueeze(1)  # (b|1, 1, n, r/2)
+            cos, sin = angles.cos(), angles.sin()
+        if self.xpos_zeta is None:
+            return RotaryAngles(cos, sin, cos, sin)
+        q_scale, k_scale = self._xpos_scales(positions, offset, cache)
+        return RotaryAngles(cos * q_scale, sin * q_scale, cos * k_scale, sin * k_scale)
+
+    def _xpos_scales(
+        self, positions: Tensor, offset: int | None, cache: Any
+    ) -> tuple[Tensor, Tensor]:
+        """zeta ** ((p - c) / scale_base) for queries, its inverse for keys; c = (max p + 1) // 2
+        of the first call (fixed in ``cache`` so that cached keys stay consistent)."""
+        center = None if cache is None else cache.xpos_center
+        if center is None:
+            if offset is not None:
+                center = (offset + positions.shape[-1]) // 2
+            else:
+                center = torch.div(positions.max() + 1, 2, rounding_mode="floor")
+            if cache is not None:
+                cache.xpos_center = center
+        power = (positions - center).to(self.xpos_zeta.dtype) / self.xpos_scale_base
+        scale = self.xpos_zeta ** power.unsqueeze(-1).unsqueeze(1)  # (b|1, 1, n, r/2)
+        return scale, scale.reciprocal()
+
+    def forward(
+        self, q: Tensor, k: Tensor, positions: Tensor | RotaryAngles
+    ) -> tuple[Tensor, Tensor]:
+        """Rotate q (b, h, n, d) and k (b, h_kv, n, d) to their positions: a (b|1, n) tensor, or
+        the angles the stack computed once for all its layers."""
+        rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
+        return apply_rotary(q, rot.q_cos, rot.q_sin), apply_rotary(k, rot.k_cos, rot.k_sin)
+
+    def rotate_values(self, v: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
+        """Rotate values as keys (``rotary_embed_values``)."""
+        rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
+        return apply_rotary(v, rot.k_cos, rot.k_sin)
+
+    def extra_repr(self) -> str:
+        extra = f", xpos_scale_base={self.xpos_scale_base}" if self.xpos_zeta is not None else ""
+        return (
+            f"dim={self.dim}, theta={self.theta}, interpolation_factor={self.interpolation_factor}"
+            f", base_rescale_factor={self.base_rescale_factor}{extra}"
+        )
