@@ -124,7 +124,7 @@ def test_xtransformer_encoder_head_is_dropped_and_written_as_zeros() -> None:
 
 
 def test_no_final_norm_follows_the_2x_layout() -> None:
-    """pre_norm_has_final_norm=False: no final norm is written (x-transformers 2.x has none);
+    """pre_norm_has_final_norm=False: no final norm is written (anyformer has none);
     1.28.2's checkpoint carries one that it applied, so it is refused with the remedy."""
     ours = _lm(af, pre_norm_has_final_norm=False)
     written = to_x_transformers_state_dict(ours)
@@ -133,3 +133,16 @@ def test_no_final_norm_follows_the_2x_layout() -> None:
     with pytest.raises(ValueError, match="build the anyformer model with pre_norm_has_final_norm"):
         load_x_transformers_state_dict(ours, _lm(xt, pre_norm_has_final_norm=False).state_dict())
     load_x_transformers_state_dict(_lm(af), _lm(xt, pre_norm_has_final_norm=False).state_dict())
+
+
+def test_checkpoints_with_2x_norm_names_are_refused_with_the_reason() -> None:
+    """x-transformers 2.0 to 2.3 (read from their sources) store LayerNorm gains as `gamma`,
+    by default as gain - 1 (norm_add_unit_offset=True): loading them as weights would be wrong."""
+    torch.manual_seed(0)
+    state = {
+        (k[: -len(".weight")] + ".gamma" if v.ndim == 1 and k.endswith(".weight") else k): v
+        for k, v in _lm(xt).state_dict().items()
+    }
+    assert "attn_layers.final_norm.gamma" in state
+    with pytest.raises(ValueError, match=r"keys ending in '\.gamma' are LayerNorm gains"):
+        load_x_transformers_state_dict(_lm(af), state)

@@ -81,18 +81,11 @@ LATER_STACK: dict[str, str] = {
 
 #: TransformerWrapper keywords of the seed design.
 LATER_WRAPPER: dict[str, str] = {
-    "max_mem_len": STRUCTURE,
-    "shift_mem_down": STRUCTURE,
-    "num_memory_tokens": STRUCTURE,
-    "memory_tokens_interspersed_every": STRUCTURE,
     "attn_z_loss_weight": ATTENTION,
 }
 
 #: Forward keywords of the seed design (wrapper and stack).
 LATER_FORWARD: dict[str, str] = {
-    "mems": STRUCTURE,
-    "mem_masks": STRUCTURE,
-    "return_mems": STRUCTURE,
     "seq_start_pos": POSITIONS,
     "return_attn_z_loss": ATTENTION,
     "attn_z_loss_weight": ATTENTION,

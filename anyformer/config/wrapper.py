@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .memory import MemoryOptions
 from .options import check_fields, option
 
 __all__ = ["WrapperConfig"]
 
 
 @dataclass(frozen=True)
-class WrapperConfig:
+class WrapperConfig(MemoryOptions):
     """Embedding and head options of a token model."""
 
     num_tokens: int = option(None, "vocabulary size of the token embedding")
@@ -47,6 +48,7 @@ class WrapperConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "TransformerWrapper")
+        self.check_memory("TransformerWrapper")
         if self.num_tokens is None or self.num_tokens < 1:
             raise ValueError(
                 f"TransformerWrapper: num_tokens must be an int >= 1, got {self.num_tokens!r}"

@@ -3,7 +3,9 @@
 Build the anyformer model with the keywords the x-transformers model was built with, then
 ``load_x_transformers_state_dict(model, state_dict)``; ``to_x_transformers_state_dict(model)``
 goes the other way. The layout is the one of x-transformers 1.28.x (2.x where its module layout
-is the same). Where the two layouts differ, a rule below says how; everything else keeps its name.
+is the same: 2.x releases store LayerNorm gains as ``gamma``, by default with a unit offset, and
+such checkpoints are refused with that reason). Where the layouts differ, a rule below says how;
+everything else keeps its name.
 
 A rule is a function of one anyformer module that returns specs, all relative to that module:
 
@@ -105,12 +107,30 @@ def _attention(m: Attention) -> list[Spec]:
     return [Rename("qkv", "")]  # to_q / to_k / to_v sit directly in x-transformers' Attention
 
 
+def _sizes(m: FusedQKV | SplitQKV) -> tuple[int, ...]:
+    """(q, k[, v]) output widths; older modules had one `inner` width for all three."""
+    return tuple(m.sizes) if hasattr(m, "sizes") else (m.inner,) * 3
+
+
+def _qkv_specs(
+    ours: str, theirs: tuple[str, ...], sizes: tuple[int, ...], linear: nn.Linear
+) -> list[Spec]:
+    """Our fused projection `ours` is x-transformers' `theirs` (weight, and bias if any)."""
+    specs: list[Spec] = [Fused(f"{ours}.weight", tuple(f"{t}.weight" for t in theirs), sizes)]
+    if linear.bias is not None:
+        specs.append(Fused(f"{ours}.bias", tuple(f"{t}.bias" for t in theirs), sizes))
+    return specs
+
+
 def _fused_qkv(m: FusedQKV) -> list[Spec]:
-    return [Fused("to_qkv.weight", ("to_q.weight", "to_k.weight", "to_v.weight"), (m.inner,) * 3)]
+    # sizes: (q, k, v), or (q, k) when the values are the keys (shared_kv: no to_v)
+    sizes = _sizes(m)
+    return _qkv_specs("to_qkv", ("to_q", "to_k", "to_v")[: len(sizes)], sizes, m.to_qkv)
 
 
 def _split_qkv(m: SplitQKV) -> list[Spec]:
-    return [Fused("to_kv.weight", ("to_k.weight", "to_v.weight"), (m.inner, m.inner))]
+    sizes = _sizes(m)[1:]
+    return _qkv_specs("to_kv", ("to_k", "to_v")[: len(sizes)], sizes, m.to_kv)
 
 
 def _feedforward(m: FeedForward) -> list[Spec]:
@@ -147,17 +167,13 @@ def _attention_layers(m: AttentionLayers) -> list[Spec]:
     if not (c.pre_norm and not c.pre_norm_has_final_norm):
         return []
     weight = next(m.parameters())
-    return [
-        Extra(
-            "final_norm.weight",
-            torch.ones(c.dim, dtype=weight.dtype, device=weight.device),
-            fill=False,
-            accept="never",
-            reason="x-transformers 1.28.2 ignores pre_norm_has_final_norm=False and builds and "
-            "applies this final norm (a defect fixed in 2.x): build the anyformer model with "
-            "pre_norm_has_final_norm=True to load this checkpoint exactly",
-        )
-    ]
+    gain = torch.ones(c.dim, dtype=weight.dtype, device=weight.device)
+    reason = (
+        "x-transformers 1.28.2 (and 2.0) ignores pre_norm_has_final_norm=False and builds "
+        "and applies this final norm: build the anyformer model with pre_norm_has_final_norm=True "
+        "to load this checkpoint exactly"
+    )
+    return [Extra("final_norm.weight", gain, fill=False, accept="never", reason=reason)]
 
 
 def _transformer_wrapper(m: TransformerWrapper) -> list[Spec]:
@@ -289,8 +305,8 @@ def to_x_transformers_state_dict(model: nn.Module) -> dict[str, Tensor]:
     Fused projections are split (copies); a head tied to the token embedding is left out, as
     x-transformers does; tensors that only x-transformers has are zeros where that is exact
     (the GLU bias with ``ff_no_bias=True``, the unused XTransformer encoder head). With
-    ``pre_norm=True, pre_norm_has_final_norm=False`` no final norm is written: x-transformers
-    2.x loads the result as is, 1.28.2 (which always builds one) only with ``strict=False``.
+    ``pre_norm=True, pre_norm_has_final_norm=False`` no final norm is written (there is none):
+    1.28.2, which always builds one, loads the result only with ``strict=False``.
     """
     _check_model("to_x_transformers_state_dict", model)
     ours = model.state_dict()
@@ -346,6 +362,12 @@ def _check_state_dict(fn: str, state_dict: Mapping[str, Tensor]) -> None:
             )
 
 
+_GAMMA_NOTE = (
+    "  (keys ending in '.gamma' are LayerNorm gains as x-transformers 2.x stores them, by default "
+    "with a unit offset (norm_add_unit_offset=True): only the 1.28.x layout is supported)"
+)
+
+
 class _Match:
     """Consumes the checkpoint's tensors link by link and records what does not fit."""
 
@@ -369,8 +391,11 @@ class _Match:
 
     def take(self, link: _Link) -> None:
         target = _shape(self.expected[link.ours])
-        shapes = [target] if link.sizes is None else [(n, *target[1:]) for n in link.sizes]
-        pieces = [self._pop(key, shape) for key, shape in zip(link.theirs, shapes)]
+        if link.sizes is None:
+            pieces = [self._pop(link.theirs[0], target)]
+        else:
+            shapes = [(rows, *target[1:]) for rows in link.sizes]
+            pieces = [self._pop(key, shape) for key, shape in zip(link.theirs, shapes)]
         if all(p is not None for p in pieces):
             self.new[link.ours] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
 
@@ -397,6 +422,8 @@ class _Match:
             if items:
                 lines.append(f"  {title} ({len(items)}):")
                 lines.extend(f"    {item}" for item in items)
+        if any(key.endswith(".gamma") for key in self.remaining):
+            lines.append(_GAMMA_NOTE)
         raise ValueError("\n".join(lines))
 
     def _unused(self) -> list[str]:

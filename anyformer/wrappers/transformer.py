@@ -18,6 +18,7 @@ from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbeddi
 from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
 from ..stack.layers import AttentionLayers
+from .core import StackWrapper
 
 __all__ = ["TransformerWrapper"]
 
@@ -39,7 +40,7 @@ def _slice_new(value: Any, offset: int) -> Any:
     return value[:, offset:]
 
 
-class TransformerWrapper(nn.Module):
+class TransformerWrapper(StackWrapper):
     """A token model: embeddings, the attention stack and a logits head (x-transformers API)."""
 
     def __init__(
@@ -122,6 +123,7 @@ class TransformerWrapper(nn.Module):
         self.emb_dropout = nn.Dropout(config.emb_dropout)
         self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else nn.Identity()
         self.attn_layers = attn_layers
+        self._setup_memory(config, attn_layers)
         self.to_logits: nn.Module = nn.Identity()
         if not config.return_only_embed:
             self.to_logits = nn.Linear(dim, logits_dim, bias=False)
@@ -132,11 +134,6 @@ class TransformerWrapper(nn.Module):
         off the meta device)."""
         if self.config.tie_embedding and not self.config.return_only_embed:
             self.to_logits.weight = self.token_emb.emb.weight
-
-    @property
-    def can_cache_kv(self) -> bool:
-        """Whether generate can decode with a KV cache."""
-        return self.attn_layers.can_cache_kv
 
     def capabilities(self) -> dict[str, bool]:
         """What the chosen options allow (SPEC: no silent capability loss)."""
@@ -158,10 +155,6 @@ class TransformerWrapper(nn.Module):
             "attn_layers": self.attn_layers.config_dict(),
         }
 
-    @staticmethod
-    def _token_offset(cache: KVCache | None) -> int:
-        return 0 if cache is None else cache.length - cache.num_prepended
-
     def forward(
         self,
         x: Tensor,
@@ -169,7 +162,10 @@ class TransformerWrapper(nn.Module):
         return_logits_and_embeddings: bool = False,
         return_intermediates: bool = False,
         mask: Tensor | None = None,
+        return_mems: bool = False,
         return_attn: bool = False,
+        mems: list[Tensor] | None = None,
+        mem_masks: list[Tensor] | Tensor | None = None,
         pos: Tensor | None = None,
         prepend_embeds: Tensor | None = None,
         prepend_mask: Tensor | None = None,
@@ -181,6 +177,10 @@ class TransformerWrapper(nn.Module):
         **kwargs: Any,
     ) -> Any:
         """x (b, n) token ids -> logits (b, n, logits_dim) (see the return_* flags).
+
+        ``mems`` / ``mem_masks``: Transformer-XL memories of the previous segment (one hidden per
+        self-attention execution; see AttentionLayers.forward); ``return_mems=True`` returns
+        ``(out, new_mems)``, the last max_mem_len rows of memory + this segment per layer.
 
         With ``cache`` (from a previous call's intermediates, or a ``KVCache``), only positions
         beyond the cached ones are computed: x holds the whole sequence, or only the new tokens
@@ -214,6 +214,7 @@ class TransformerWrapper(nn.Module):
                 pos = pos[:, offset:]
             elif pos is not None:
                 pos = pos[offset:]
+        self._check_return_mems(return_mems, cache)
         n = x.shape[1]
         h = self.token_emb(x)
         stack_pos = pos
@@ -236,17 +237,17 @@ class TransformerWrapper(nn.Module):
             h = h * frac + h.detach() * (1 - frac)
         h = self.project_emb(self.emb_dropout(h))
 
-        want_inter = return_intermediates or return_attn
-        out = self.attn_layers(
+        h, inter = self._run_stack(
             h,
             mask=mask,
             cache=cache,
-            return_hiddens=return_intermediates,
-            return_attn=return_attn,
             pos=stack_pos,
+            mems=mems,
+            mem_masks=mem_masks,
+            return_hiddens=return_intermediates or return_mems,
+            return_attn=return_attn,
             **kwargs,
         )
-        h, inter = out if want_inter else (out, None)
 
         if return_logits_and_embeddings:
             result: Any = (self.to_logits(h), h)
@@ -254,26 +255,14 @@ class TransformerWrapper(nn.Module):
             result = h
         else:
             result = self.to_logits(h)
-        if return_intermediates:
-            return result, inter
-        if return_attn:
-            return result, [i.post_softmax_attn for i in inter.attn_intermediates]
-        return result
-
-    @staticmethod
-    def _stack_positions(
-        pos: Tensor, prepend_embeds: Tensor | None, cache: KVCache | None
-    ) -> Tensor:
-        """Token positions (n,) / (b, n) -> positions in the stack's sequence, where prepended
-        embeddings take the first places."""
-        pos = pos if pos.ndim == 2 else pos.unsqueeze(0)
-        if prepend_embeds is not None:
-            b, p = prepend_embeds.shape[:2]
-            head = torch.arange(p, device=pos.device).expand(max(b, pos.shape[0]), p)
-            return torch.cat((head, (pos + p).expand(head.shape[0], -1)), dim=1)
-        if cache is not None and cache.num_prepended:
-            return pos + cache.num_prepended
-        return pos
+        return self._result(
+            result,
+            inter,
+            mems=mems,
+            return_intermediates=return_intermediates,
+            return_mems=return_mems,
+            return_attn=return_attn,
+        )
 
     def _check_forward_kwargs(self, kwargs: dict[str, Any]) -> None:
         """Keywords the stack takes pass; others raise, suggesting from this forward's and the
@@ -285,25 +274,6 @@ class TransformerWrapper(nn.Module):
             if name not in takes and name not in LATER_FORWARD:
                 own = [n for n in inspect.signature(self.forward).parameters if n != "kwargs"]
                 raise unknown_keyword(f"{type(self).__name__}.forward", name, [*own, *takes])
-
-    def _prepend(
-        self,
-        h: Tensor,
-        mask: Tensor | None,
-        prepend_embeds: Tensor,
-        prepend_mask: Tensor | None,
-        cache: KVCache | None,
-    ) -> tuple[Tensor, Tensor | None]:
-        b, p = prepend_embeds.shape[:2]
-        h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
-        if prepend_mask is not None or mask is not None:
-            ones = torch.ones(b, h.shape[1], dtype=torch.bool, device=h.device)
-            prepend_mask = ones[:, :p] if prepend_mask is None else prepend_mask
-            mask = ones[:, p:] if mask is None else mask
-            mask = torch.cat((prepend_mask, mask), dim=1)
-        if cache is not None:
-            cache.num_prepended = p
-        return h, mask
 
     def _check_inputs(
         self,
@@ -352,25 +322,7 @@ class TransformerWrapper(nn.Module):
                         f"pos holds position {lo if lo < 0 else hi}, outside [0, "
                         f"{self.max_positions}) of the absolute positional embedding (max_seq_len)"
                     )
-        check_float_input(
-            "prepend_embeds",
-            prepend_embeds,
-            3,
-            self.emb_dim,
-            "of shape (batch, prepend_len, emb_dim)",
-        )
-        if prepend_embeds is not None:
-            if prepend_embeds.shape[0] != b:
-                raise ValueError(
-                    f"prepend_embeds must have batch size {b}, got shape {tuple(prepend_embeds.shape)}"
-                )
-            if cache is not None and cache.length > 0:
-                raise ValueError("prepend_embeds can only be given on the first (uncached) call")
-            check_mask(
-                "prepend_mask", prepend_mask, (b, prepend_embeds.shape[1]), "batch, prepend_len"
-            )
-        elif prepend_mask is not None:
-            raise ValueError("prepend_mask was given without prepend_embeds")
+        self._check_prepend(prepend_embeds, prepend_mask, b, self.emb_dim, cache)
         check_float_input(
             "sum_embeds", sum_embeds, 3, self.emb_dim, "of shape (batch, seq_len, emb_dim)"
         )

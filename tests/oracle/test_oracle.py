@@ -75,7 +75,7 @@ def jitter(model: nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
 
 
 def make_pair(row: Row) -> tuple[nn.Module, nn.Module]:

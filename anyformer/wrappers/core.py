@@ -1,0 +1,270 @@
+"""StackWrapper: what the token and the continuous wrapper share between their input embedding
+and their output head.
+
+Prepended embeddings, memory tokens (in front, or again every N positions), Transformer-XL
+memories (``mems`` in, ``return_mems`` out, ``shift_mem_down``), the call of the attention
+stack with or without a KV cache, and the x-transformers return conventions. Subclasses embed
+their input, then call ``_prepare`` / ``_run_stack`` / ``_result``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..cache import KVCache
+from ..checks import check_float_input, check_mask
+from ..config.memory import MemoryOptions
+from ..intermediates import LayerIntermediates
+from ..stack.layers import AttentionLayers
+
+__all__ = ["StackWrapper", "memory_layout"]
+
+
+def memory_layout(rows: int, num_memory: int, every: int | None, device: torch.device) -> Tensor:
+    """(rows + num_memory * blocks,) bool: True at the sequence's own rows, False at memory
+    rows; a block of memory rows stands before row 0 and (with ``every``) before every row
+    r with r % every == 0."""
+    if every is None:
+        blocks = torch.ones(rows, dtype=torch.long, device=device)
+        num_blocks = 1
+    else:
+        blocks = torch.arange(rows, device=device) // every + 1
+        num_blocks = max((rows + every - 1) // every, 1)
+    index = torch.arange(rows, device=device) + num_memory * blocks
+    total = rows + num_memory * num_blocks
+    layout = torch.zeros(total, dtype=torch.bool, device=device)
+    layout[index] = True
+    return layout
+
+
+class StackWrapper(nn.Module):
+    """Base of the wrappers around an AttentionLayers stack (see the module docstring).
+
+    Subclasses call ``_setup_memory`` in their setup and own ``attn_layers``.
+    """
+
+    _resets_tree = True
+    attn_layers: AttentionLayers
+
+    def _setup_memory(self, options: MemoryOptions, attn_layers: AttentionLayers) -> None:
+        owner = type(self).__name__
+        if options.memory_tokens_interspersed_every is not None and not attn_layers.causal:
+            raise ValueError(
+                f"{owner}: memory_tokens_interspersed_every needs a causal stack (Decoder): "
+                "the memory blocks of later positions would be visible to earlier ones"
+            )
+        self.max_mem_len = options.max_mem_len
+        self.shift_mem_down = options.shift_mem_down
+        self.num_memory_tokens = options.memory_token_count
+        self.memory_tokens_interspersed_every = options.memory_tokens_interspersed_every
+        self.memory_tokens: nn.Parameter | None = None
+        if self.num_memory_tokens:
+            self.memory_tokens = nn.Parameter(torch.empty(self.num_memory_tokens, attn_layers.dim))
+            self._reset_own_parameters()
+
+    def _reset_own_parameters(self) -> None:
+        """Memory tokens start as standard normal vectors (as in x-transformers)."""
+        if self.memory_tokens is not None:
+            nn.init.normal_(self.memory_tokens)
+
+    @property
+    def can_cache_kv(self) -> bool:
+        """Whether generate can decode with a KV cache (a causal stack; memory tokens only in
+        front: interspersed ones would need a new memory block inside the cache)."""
+        return self.attn_layers.can_cache_kv and self.memory_tokens_interspersed_every is None
+
+    # ------------------------------------------------------------------ forward pieces
+
+    @staticmethod
+    def _token_offset(cache: KVCache | None) -> int:
+        """Sequence positions the cache holds (its rows minus prepended / memory rows)."""
+        return 0 if cache is None else cache.length - cache.num_prepended
+
+    def _prepend(
+        self,
+        h: Tensor,
+        mask: Tensor | None,
+        prepend_embeds: Tensor,
+        prepend_mask: Tensor | None,
+        cache: KVCache | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        b, p = prepend_embeds.shape[:2]
+        h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
+        if prepend_mask is not None or mask is not None:
+            ones = torch.ones(b, h.shape[1], dtype=torch.bool, device=h.device)
+            prepend_mask = ones[:, :p] if prepend_mask is None else prepend_mask
+            mask = ones[:, p:] if mask is None else mask
+            mask = torch.cat((prepend_mask, mask), dim=1)
+        if cache is not None:
+            cache.num_prepended = p
+        return h, mask
+
+    @staticmethod
+    def _stack_positions(
+        pos: Tensor, prepend_embeds: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
+        """Token positions (n,) / (b, n) -> positions in the stack's sequence, where prepended
+        embeddings (and memory rows, in a cache) take the first places."""
+        pos = pos if pos.ndim == 2 else pos.unsqueeze(0)
+        if prepend_embeds is not None:
+            b, p = prepend_embeds.shape[:2]
+            head = torch.arange(p, device=pos.device).expand(max(b, pos.shape[0]), p)
+            return torch.cat((head, (pos + p).expand(head.shape[0], -1)), dim=1)
+        if cache is not None and cache.num_prepended:
+            return pos + cache.num_prepended
+        return pos
+
+    def _check_prepend(
+        self,
+        prepend_embeds: Tensor | None,
+        prepend_mask: Tensor | None,
+        b: int,
+        width: int,
+        cache: KVCache | None,
+    ) -> None:
+        check_float_input(
+            "prepend_embeds", prepend_embeds, 3, width, "of shape (batch, prepend_len, emb_dim)"
+        )
+        if prepend_embeds is not None:
+            if prepend_embeds.shape[0] != b:
+                raise ValueError(
+                    f"prepend_embeds must have batch size {b}, got shape "
+                    f"{tuple(prepend_embeds.shape)}"
+                )
+            if cache is not None and cache.length > 0:
+                raise ValueError("prepend_embeds can only be given on the first (uncached) call")
+            check_mask(
+                "prepend_mask", prepend_mask, (b, prepend_embeds.shape[1]), "batch, prepend_len"
+            )
+        elif prepend_mask is not None:
+            raise ValueError("prepend_mask was given without prepend_embeds")
+
+    def _insert_memory(
+        self,
+        h: Tensor,
+        mask: Tensor | None,
+        pos: Tensor | None,
+        cache: KVCache | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """Put the memory tokens among the rows of h (b, n, d): in front on the first call
+        (none on cached calls: the cache holds them), or before every N-th row. Returns h, mask,
+        stack positions and the layout (None when nothing was inserted)."""
+        every = self.memory_tokens_interspersed_every
+        if cache is not None and cache.length > 0:
+            if every is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: memory_tokens_interspersed_every cannot decode "
+                    "with a KV cache (can_cache_kv is False): call without cache="
+                )
+            return h, mask, pos, None
+        if every is not None and pos is not None:
+            raise ValueError(
+                "pos cannot be combined with memory_tokens_interspersed_every: the memory blocks "
+                "stand at fixed columns, so every row must use the positions 0..n-1"
+            )
+        b, n, _ = h.shape
+        m = self.num_memory_tokens
+        layout = memory_layout(n, m, every, h.device)
+        out = h.new_empty(b, layout.shape[0], h.shape[-1])
+        out[:, layout] = h
+        blocks = (layout.shape[0] - n) // m
+        out[:, ~layout] = self.memory_tokens.to(h.dtype).repeat(blocks, 1)
+        if mask is not None:
+            full = torch.ones(b, layout.shape[0], dtype=torch.bool, device=h.device)
+            full[:, layout] = mask
+            mask = full
+        if pos is not None:  # memory rows first, then the rows at their positions + m
+            head = torch.arange(m, device=pos.device).expand(pos.shape[0], m)
+            pos = torch.cat((head, pos + m), dim=1)
+        if "seq_start_pos" in kwargs and kwargs["seq_start_pos"] is not None:
+            if every is not None:
+                raise ValueError(
+                    "seq_start_pos (left padding) cannot be combined with "
+                    "memory_tokens_interspersed_every"
+                )
+            kwargs["seq_start_pos"] = kwargs["seq_start_pos"] + m
+        if cache is not None:
+            cache.num_prepended += m
+        return out, mask, pos, layout
+
+    def _run_stack(
+        self,
+        h: Tensor,
+        *,
+        mask: Tensor | None,
+        cache: KVCache | None,
+        pos: Tensor | None,
+        mems: list[Tensor] | None,
+        mem_masks: Any,
+        return_hiddens: bool,
+        return_attn: bool,
+        **kwargs: Any,
+    ) -> tuple[Tensor, LayerIntermediates | None]:
+        """Memory tokens in, the stack, memory tokens out: (h, intermediates or None)."""
+        layout = None
+        if self.memory_tokens is not None:
+            h, mask, pos, layout = self._insert_memory(h, mask, pos, cache, kwargs)
+        if mems is not None and self.shift_mem_down:
+            k = self.shift_mem_down
+            mems = [*mems[k:], *mems[:k]]
+        if mems is not None or mem_masks is not None:
+            kwargs.update(mems=mems, mem_masks=mem_masks)
+        want = return_hiddens or return_attn
+        out = self.attn_layers(
+            h,
+            mask=mask,
+            cache=cache,
+            return_hiddens=return_hiddens,
+            return_attn=return_attn,
+            pos=pos,
+            **kwargs,
+        )
+        h, inter = out if want else (out, None)
+        if layout is not None:
+            if inter is not None:
+                inter.memory_tokens = h[:, ~layout]
+            h = h[:, layout]
+        return h, inter
+
+    def _check_return_mems(self, return_mems: bool, cache: KVCache | None) -> None:
+        if return_mems and cache is not None and cache.length > 0:
+            raise ValueError(
+                "return_mems needs the hidden states of the whole segment, but a cached call "
+                "computes only the new positions: call without a filled cache"
+            )
+
+    def _new_mems(self, inter: LayerIntermediates, mems: list[Tensor] | None) -> list[Tensor]:
+        """Per self-attention execution: (memory +) the segment's hiddens, the last
+        max_mem_len rows (all of them for max_mem_len=0), detached."""
+        hiddens = inter.hiddens
+        if mems is not None:
+            hiddens = [torch.cat(pair, dim=-2) for pair in zip(mems, hiddens)]
+        keep = self.max_mem_len
+        return [(t[..., -keep:, :] if keep else t).detach() for t in hiddens]
+
+    def _result(
+        self,
+        result: Any,
+        inter: LayerIntermediates | None,
+        *,
+        mems: list[Tensor] | None,
+        return_intermediates: bool,
+        return_mems: bool,
+        return_attn: bool,
+    ) -> Any:
+        """x-transformers' return conventions: (out, mems), (out, intermediates) or
+        (out, attention maps)."""
+        if return_mems:
+            new_mems = self._new_mems(inter, mems)
+            if not return_intermediates:
+                return result, new_mems
+            inter.mems = new_mems
+        if return_intermediates:
+            return result, inter
+        if return_attn:
+            return result, [i.post_softmax_attn for i in inter.attn_intermediates]
+        return result
