@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sysconfig
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,15 +20,25 @@ from anyformer.data import (
 from anyformer.data.corpus import _build_corpus_cached
 
 
-def test_build_is_deterministic_and_cached():
+def corpus_by_recipe(max_bytes: int) -> bytes:
+    """The recipe the module documents, written out again: pydoc topics sorted by key, then the
+    sorted top-level standard-library sources, each with its header, cut at max_bytes."""
+    from pydoc_data.topics import topics
+
+    parts = [f"### {key}\n\n{topics[key]}\n\n".encode() for key in sorted(topics)]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(p for p in stdlib.glob("*.py") if p.is_file()):
+        parts.append(b"# ===== " + path.name.encode() + b" =====\n" + path.read_bytes() + b"\n")
+    return b"".join(parts)[:max_bytes]
+
+
+def test_build_follows_the_documented_recipe_and_is_cached():
     _build_corpus_cached.cache_clear()
     start = time.perf_counter()
-    first = build_corpus()
+    corpus = build_corpus()
     elapsed = time.perf_counter() - start
-    _build_corpus_cached.cache_clear()
-    second = build_corpus()
-    assert first == second
-    assert build_corpus() is second  # served from the in-process cache
+    assert corpus == corpus_by_recipe(DEFAULT_MAX_BYTES)
+    assert build_corpus() is corpus  # served from the in-process cache
     assert elapsed < 2.0
 
 
@@ -96,10 +108,15 @@ def test_get_batch_full_length_window():
     assert torch.equal(batch, data.repeat(3, 1))
 
 
-def test_get_batch_reproducible_with_seeded_generator():
+def test_get_batch_is_decided_by_the_given_generator_only():
     train, _ = load_splits(max_bytes=50_000)
+    # the global RNG is moved between the calls: equal batches mean the generator decided them
+    torch.manual_seed(1)
     a = get_batch(train, 4, 16, torch.Generator().manual_seed(123))
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
     b = get_batch(train, 4, 16, torch.Generator().manual_seed(123))
+    assert torch.equal(torch.get_rng_state(), state)  # and the global RNG was not consumed
     c = get_batch(train, 4, 16, torch.Generator().manual_seed(124))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
