@@ -3,8 +3,10 @@
 # Every expected number below was measured with x-transformers 1.28.2 (torch 2.13.0, CPU) by
 # building the very same keywords with x_transformers' classes and taking
 # sum(p.numel() for p in model.parameters()) (shared parameters counted once); output shapes
-# come from a tiny eval-mode forward of the same x-transformers model. anyformer must never
-# import x_transformers; these numbers are hard-coded on purpose.
+# come from a tiny eval-mode forward of the same x-transformers model. The anyformer package never
+# imports x_transformers; these numbers are hard-coded so the anyformer tests read plainly, and
+# test_reference_numbers_are_x_transformers_numbers rebuilds every model in x-transformers 1.28.2
+# (a test extra) and measures again, so no number here can be a copy of anyformer's own output.
 #
 # Where anyformer's count deliberately differs from x-transformers 1.28.2:
 # - xtransformer:      x-transformers 361984, anyformer 355584 (= 361984 - 64 * 100).
@@ -23,101 +25,98 @@
 #   head `t @ token_emb.emb.weight.t()` cannot run (64 vs 32). anyformer refuses it with a
 #   ValueError naming tie_embedding and emb_dim; emb_dim_untied and tied cover both features.
 
+import warnings
+
 import pytest
 import torch
 
-from anyformer import (
-    CrossAttender,
-    Decoder,
-    Encoder,
-    PrefixDecoder,
-    TransformerWrapper,
-    ViTransformerWrapper,
-    XTransformer,
-)
+import anyformer
 
+# each builder takes the library's classes (anyformer, or x_transformers for the oracle)
 BUILDERS = {
-    "default_decoder": lambda: TransformerWrapper(
-        num_tokens=256, max_seq_len=1024, attn_layers=Decoder(dim=384, depth=6, heads=6)
+    "default_decoder": lambda c: c.TransformerWrapper(
+        num_tokens=256, max_seq_len=1024, attn_layers=c.Decoder(dim=384, depth=6, heads=6)
     ),
-    "encoder_dim_head": lambda: TransformerWrapper(
+    "encoder_dim_head": lambda c: c.TransformerWrapper(
         num_tokens=100,
         max_seq_len=128,
-        attn_layers=Encoder(dim=64, depth=2, heads=4, attn_dim_head=32),
+        attn_layers=c.Encoder(dim=64, depth=2, heads=4, attn_dim_head=32),
     ),
-    "glu_mult": lambda: TransformerWrapper(
+    "glu_mult": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
-        attn_layers=Decoder(dim=64, depth=2, heads=2, ff_glu=True, ff_mult=2),
+        attn_layers=c.Decoder(dim=64, depth=2, heads=2, ff_glu=True, ff_mult=2),
     ),
-    "swiglu_mult_bias": lambda: TransformerWrapper(
+    "swiglu_mult_bias": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
-        attn_layers=Decoder(
+        attn_layers=c.Decoder(
             dim=64, depth=2, heads=2, ff_glu=True, ff_swish=True, ff_glu_mult_bias=True
         ),
     ),
-    "no_bias_relu2": lambda: TransformerWrapper(
+    "no_bias_relu2": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
-        attn_layers=Decoder(dim=64, depth=2, heads=2, ff_no_bias=True, ff_relu_squared=True),
+        attn_layers=c.Decoder(dim=64, depth=2, heads=2, ff_no_bias=True, ff_relu_squared=True),
     ),
-    "post_act_ln": lambda: TransformerWrapper(
+    "post_act_ln": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
-        attn_layers=Decoder(dim=64, depth=2, heads=2, ff_post_act_ln=True, ff_mult=3),
+        attn_layers=c.Decoder(dim=64, depth=2, heads=2, ff_post_act_ln=True, ff_mult=3),
     ),
-    "emb_dim_untied": lambda: TransformerWrapper(
-        num_tokens=256, max_seq_len=64, emb_dim=32, attn_layers=Decoder(dim=64, depth=1, heads=2)
+    "emb_dim_untied": lambda c: c.TransformerWrapper(
+        num_tokens=256, max_seq_len=64, emb_dim=32, attn_layers=c.Decoder(dim=64, depth=1, heads=2)
     ),
-    "tied": lambda: TransformerWrapper(
+    "tied": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
         tie_embedding=True,
-        attn_layers=Decoder(dim=64, depth=1, heads=2),
+        attn_layers=c.Decoder(dim=64, depth=1, heads=2),
     ),
-    "post_emb_norm_logits": lambda: TransformerWrapper(
+    "post_emb_norm_logits": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
         post_emb_norm=True,
         logits_dim=10,
         use_abs_pos_emb=False,
-        attn_layers=Decoder(dim=64, depth=2, heads=2),
+        attn_layers=c.Decoder(dim=64, depth=2, heads=2),
     ),
-    "sinu_l2norm_types": lambda: TransformerWrapper(
+    "sinu_l2norm_types": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
         scaled_sinu_pos_emb=True,
         l2norm_embed=True,
         embed_num_tokens=dict(type=3),
-        attn_layers=Encoder(dim=64, depth=2, heads=2),
+        attn_layers=c.Encoder(dim=64, depth=2, heads=2),
     ),
-    "cross_attend_dim_context": lambda: TransformerWrapper(
+    "cross_attend_dim_context": lambda c: c.TransformerWrapper(
         num_tokens=256,
         max_seq_len=64,
-        attn_layers=Decoder(dim=64, depth=2, heads=2, cross_attend=True, cross_attn_dim_context=48),
+        attn_layers=c.Decoder(
+            dim=64, depth=2, heads=2, cross_attend=True, cross_attn_dim_context=48
+        ),
     ),
-    "post_ln_encoder": lambda: TransformerWrapper(
+    "post_ln_encoder": lambda c: c.TransformerWrapper(
         num_tokens=100,
         max_seq_len=64,
-        attn_layers=Encoder(dim=64, depth=3, heads=4, pre_norm=False),
+        attn_layers=c.Encoder(dim=64, depth=3, heads=4, pre_norm=False),
     ),
-    "cross_attender": lambda: CrossAttender(dim=64, depth=2, heads=4),
-    "prefix_decoder": lambda: TransformerWrapper(
-        num_tokens=256, max_seq_len=64, attn_layers=PrefixDecoder(dim=64, depth=2, heads=4)
+    "cross_attender": lambda c: c.CrossAttender(dim=64, depth=2, heads=4),
+    "prefix_decoder": lambda c: c.TransformerWrapper(
+        num_tokens=256, max_seq_len=64, attn_layers=c.PrefixDecoder(dim=64, depth=2, heads=4)
     ),
-    "vit": lambda: ViTransformerWrapper(
+    "vit": lambda c: c.ViTransformerWrapper(
         image_size=32,
         patch_size=8,
         num_classes=10,
         post_emb_norm=True,
         num_register_tokens=4,
-        attn_layers=Encoder(dim=64, depth=2, heads=4),
+        attn_layers=c.Encoder(dim=64, depth=2, heads=4),
     ),
-    "only_cross_decoder": lambda: Decoder(
+    "only_cross_decoder": lambda c: c.Decoder(
         dim=64, depth=2, heads=2, cross_attend=True, only_cross=True
     ),
-    "xtransformer": lambda: XTransformer(
+    "xtransformer": lambda c: c.XTransformer(
         dim=64,
         enc_num_tokens=100,
         enc_depth=2,
@@ -129,7 +128,7 @@ BUILDERS = {
         dec_max_seq_len=32,
         tie_token_emb=False,
     ),
-    "xtransformer_tied": lambda: XTransformer(
+    "xtransformer_tied": lambda c: c.XTransformer(
         dim=64,
         enc_num_tokens=100,
         enc_depth=2,
@@ -172,20 +171,35 @@ def count_params(model):
 
 @pytest.mark.parametrize(("name", "expected"), EXPECTED_COUNTS, ids=[c[0] for c in EXPECTED_COUNTS])
 def test_param_count(name, expected):
-    assert count_params(BUILDERS[name]()) == expected
+    assert count_params(BUILDERS[name](anyformer)) == expected
+
+
+def emb_dim_tied(c):
+    return c.TransformerWrapper(
+        num_tokens=256,
+        max_seq_len=64,
+        emb_dim=32,
+        tie_embedding=True,
+        attn_layers=c.Decoder(dim=64, depth=1, heads=2),
+    )
 
 
 def test_emb_dim_tied():
-    # x-transformers 1.28.2 builds this (78400 parameters) but its tied head cannot run
-    # (64 vs 32); anyformer refuses it at construction and names both options.
+    # anyformer refuses it at construction and names both options
     with pytest.raises(ValueError, match="tie_embedding=True needs emb_dim == dim"):
-        TransformerWrapper(
-            num_tokens=256,
-            max_seq_len=64,
-            emb_dim=32,
-            tie_embedding=True,
-            attn_layers=Decoder(dim=64, depth=1, heads=2),
-        )
+        emb_dim_tied(anyformer)
+
+
+def test_emb_dim_tied_is_broken_in_x_transformers():
+    # the defect the refusal above fixes: 1.28.2 builds it (78400 parameters), but its tied head
+    # (t @ token_emb.emb.weight.t()) cannot run, 64 against 32
+    xt = pytest.importorskip("x_transformers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = emb_dim_tied(xt).eval()
+        assert count_params(model) == 78400
+        with pytest.raises(RuntimeError):
+            model(torch.randint(0, 256, (1, 8)))
 
 
 def _ids():
@@ -235,8 +249,43 @@ SHAPE_CASES = [
 @pytest.mark.parametrize(("name", "inputs", "shape"), SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
 def test_output_shape(name, inputs, shape):
     torch.manual_seed(0)
-    model = BUILDERS[name]().eval()
+    model = BUILDERS[name](anyformer).eval()
     args, kwargs = inputs()
     with torch.no_grad():
         out = model(*args, **kwargs)
+    assert tuple(out.shape) == shape
+
+
+# Where anyformer's count differs from x-transformers 1.28.2 on purpose (see the top of the file).
+XT_EXTRA_PARAMS = {"xtransformer": 64 * 100, "xtransformer_tied": 64 * 100}
+
+
+def xt_builder(name):
+    """The same keywords for x-transformers 1.28.2; sinu_l2norm_types cannot be built there
+    (AttributeError in its init_), so it is built without l2norm_embed, which holds no parameter."""
+    if name != "sinu_l2norm_types":
+        return BUILDERS[name]
+    return lambda c: c.TransformerWrapper(
+        num_tokens=256,
+        max_seq_len=64,
+        scaled_sinu_pos_emb=True,
+        embed_num_tokens=dict(type=3),
+        attn_layers=c.Encoder(dim=64, depth=2, heads=2),
+    )
+
+
+@pytest.mark.parametrize(("name", "inputs", "shape"), SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
+def test_reference_numbers_are_x_transformers_numbers(name, inputs, shape):
+    """The hard-coded counts and shapes above are x-transformers 1.28.2's, not copies of
+    anyformer's output: rebuild each model there and measure again."""
+    xt = pytest.importorskip("x_transformers")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 1.28.2's deprecated torch.cuda.amp calls
+        model = xt_builder(name)(xt).eval()
+        args, kwargs = inputs()
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    expected = dict(EXPECTED_COUNTS)[name] + XT_EXTRA_PARAMS.get(name, 0)
+    assert count_params(model) == expected
     assert tuple(out.shape) == shape
