@@ -1,0 +1,319 @@
+"""Shared parts of the Hugging Face converters: the family record, config access that names
+unsupported options, and a weight loader that checks every tensor is used exactly once.
+
+A family module (``hf_gpt2``, ``hf_llama``, ...) reads a Hugging Face ``config.json`` dict into
+anyformer keywords (``build``), and copies the checkpoint's tensors into the built model
+(``load``) through :class:`WeightLoader`, whose ``set_*`` helpers are the only code that knows
+how anyformer lays out its parameters (fused q/k/v, GLU halves, ...). Nothing here imports
+``transformers``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "HFConfig",
+    "HFFamily",
+    "UnsupportedHFModel",
+    "WeightLoader",
+    "check_divisible",
+    "hf_activation",
+    "layer_pairs",
+    "rope_settings",
+]
+
+_MISSING = object()
+
+
+class UnsupportedHFModel(ValueError):
+    """A Hugging Face architecture, option or checkpoint that the converter cannot reproduce."""
+
+
+@dataclass(frozen=True)
+class HFFamily:
+    """One Hugging Face model family and how to convert it.
+
+    ``architectures`` maps each supported class name to what the anyformer model returns:
+    ``"lm"`` (logits through the LM head) or ``"hidden"`` (the last hidden state).
+    ``build(config, head)`` returns the anyformer model (random weights);
+    ``load(loader, config, model, head)`` copies every checkpoint tensor into it.
+    ``prefixes`` are the key prefixes a checkpoint may put before the base model's names
+    (``"transformer."`` in GPT2LMHeadModel, none in the original GPT-2 files);
+    ``probe`` is a base-model key present in every checkpoint, used to find the prefix.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    architectures: Mapping[str, str]
+    build: Callable[[HFConfig, str], nn.Module]
+    load: Callable[[WeightLoader, HFConfig, nn.Module, str], None]
+    prefixes: tuple[str, ...]
+    probe: str
+    ignore: tuple[str, ...] = ()  # fnmatch patterns of checkpoint keys that are not weights
+
+
+class HFConfig:
+    """A Hugging Face config dict whose reads name the option when its value is unsupported."""
+
+    def __init__(self, data: Mapping[str, Any], family: str) -> None:
+        self.data = dict(data)
+        self.family = family
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        """The value of ``key``; a missing key without a default raises naming it."""
+        value = self.data.get(key, default)
+        if value is _MISSING:
+            raise UnsupportedHFModel(f"{self.family} config: missing the option {key!r}")
+        return value
+
+    def value_or(self, key: str, default: Any) -> Any:
+        """``key``'s value, or ``default`` when missing or null."""
+        value = self.data.get(key)
+        return default if value is None else value
+
+    def require(self, key: str, allowed: Collection[Any], default: Any = _MISSING) -> Any:
+        """``key``'s value, which must be one of ``allowed`` (else UnsupportedHFModel naming it)."""
+        value = self.get(key, default)
+        if value not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            raise UnsupportedHFModel(
+                f"{self.family} config: option {key}={value!r} is not supported by the anyformer "
+                f"converter (supported: {choices})"
+            )
+        return value
+
+    def unsupported(self, key: str, value: Any, why: str) -> UnsupportedHFModel:
+        """The error for an option whose value cannot be reproduced."""
+        return UnsupportedHFModel(
+            f"{self.family} config: option {key}={value!r} is not supported by the anyformer "
+            f"converter ({why})"
+        )
+
+
+def rope_settings(config: HFConfig, head_dim: int) -> dict[str, Any]:
+    """Rotary keywords (rotary_pos_emb, rotary_emb_dim, rotary_theta) from a Llama-style config.
+
+    Reads ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (4.x);
+    only the plain rotary embedding ('default') is supported: other rope types (linear,
+    dynamic, yarn, llama3, longrope, ...) raise naming the option.
+    """
+    params = config.data.get("rope_parameters")
+    scaling = config.data.get("rope_scaling")
+    if isinstance(params, Mapping):
+        source, theta = "rope_parameters", params.get("rope_theta", config.data.get("rope_theta"))
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        factor = params.get("partial_rotary_factor", config.data.get("partial_rotary_factor"))
+    else:
+        source, theta = "rope_scaling", config.data.get("rope_theta", 10000.0)
+        rope_type = "default"
+        if isinstance(scaling, Mapping):
+            rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        factor = config.data.get("partial_rotary_factor")
+    if rope_type not in ("default", None):
+        key = f"{source}['rope_type']" if source == "rope_parameters" else "rope_scaling"
+        raise config.unsupported(
+            key, rope_type, "only the plain rotary embedding (rope_type='default') is implemented"
+        )
+    rotary_dim = head_dim
+    if factor is not None and factor != 1.0:
+        rotary_dim = int(head_dim * factor)
+    return {
+        "rotary_pos_emb": True,
+        "rotary_emb_dim": rotary_dim,
+        "rotary_theta": float(theta if theta is not None else 10000.0),
+    }
+
+
+def hf_activation(config: HFConfig, key: str, allowed: Collection[str]) -> dict[str, bool]:
+    """ff_* keywords for a Hugging Face activation name (``hidden_act`` and the like)."""
+    act = config.require(key, tuple(allowed))
+    if act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        # gelu_fast is the same tanh approximation, written with a different constant order
+        return {"ff_gelu_tanh": True}
+    if act in ("silu", "swish"):
+        return {"ff_swish": True}
+    return {}  # "gelu": the exact (erf) GELU, anyformer's default
+
+
+class WeightLoader:
+    """Copies checkpoint tensors into a model: every tensor used once, every parameter set once.
+
+    ``finish()`` raises when a checkpoint tensor was not used (a feature the converter would
+    silently drop) or a model parameter was not set (it would keep its random init).
+    """
+
+    def __init__(
+        self,
+        tensors: Mapping[str, Tensor],
+        model: nn.Module,
+        source: str,
+        prefix: str = "",
+        ignore: Collection[str] = (),
+    ) -> None:
+        self.tensors = tensors
+        self.model = model
+        self.source = source
+        self.prefix = prefix
+        self.ignore = tuple(ignore)
+        self.used: set[str] = set()
+        self.assigned: set[int] = set()
+
+    # ----------------------------------------------------------------- reading
+
+    def has(self, name: str) -> bool:
+        return self.prefix + name in self.tensors
+
+    def take(self, name: str) -> Tensor:
+        """The checkpoint tensor ``prefix + name`` (marked as used)."""
+        key = self.prefix + name
+        if key not in self.tensors:
+            raise UnsupportedHFModel(f"{self.source}: missing tensor {key!r}")
+        self.used.add(key)
+        return self.tensors[key]
+
+    def take_optional(self, name: str) -> Tensor | None:
+        return self.take(name) if self.has(name) else None
+
+    def skip(self, key: str) -> None:
+        """Mark a full checkpoint key as used on purpose (e.g. a tied head stored twice)."""
+        self.used.add(key)
+
+    # ----------------------------------------------------------------- writing
+
+    def set(self, param: Tensor | None, value: Tensor | None, name: str) -> None:
+        """Copy ``value`` into ``param`` (shapes must agree; the dtype becomes the model's)."""
+        if param is None and value is None:
+            return
+        if param is None or value is None:
+            have = "has" if param is not None else "has no"
+            raise UnsupportedHFModel(
+                f"{self.source}: {name}: the anyformer model {have} this parameter but the "
+                "checkpoint " + ("does not" if value is None else "does")
+            )
+        if tuple(param.shape) != tuple(value.shape):
+            raise UnsupportedHFModel(
+                f"{self.source}: {name} has shape {tuple(value.shape)}, the anyformer model "
+                f"expects {tuple(param.shape)}"
+            )
+        with torch.no_grad():
+            param.copy_(value)
+        self.assigned.add(id(param))
+
+    def set_linear(self, linear: nn.Linear, weight: Tensor, bias: Tensor | None, name: str) -> None:
+        """An nn.Linear from a (out, in) weight and an optional bias."""
+        self.set(linear.weight, weight, f"{name}.weight")
+        self.set(linear.bias, bias, f"{name}.bias")
+
+    def set_norm(self, norm: nn.Module, weight: Tensor, bias: Tensor | None, name: str) -> None:
+        """A LayerNorm / RMSNorm gain (and bias)."""
+        gain = getattr(norm, "weight", None)
+        if gain is None:
+            gain = getattr(norm, "g", None)
+        self.set(gain, weight, f"{name}.weight")
+        self.set(getattr(norm, "bias", None), bias, f"{name}.bias")
+
+    def set_attention(
+        self,
+        attn: nn.Module,
+        q: tuple[Tensor, Tensor | None],
+        k: tuple[Tensor, Tensor | None],
+        v: tuple[Tensor, Tensor | None],
+        out: tuple[Tensor, Tensor | None],
+        name: str,
+    ) -> None:
+        """An anyformer Attention from separate (weight, bias) pairs of q, k, v and out."""
+        qkv = attn.qkv
+        parts = (q, k, v)
+        biases = [b for _, b in parts]
+        if any(b is None for b in biases) and not all(b is None for b in biases):
+            raise UnsupportedHFModel(
+                f"{self.source}: {name}: biases on some of q/k/v only are not supported"
+            )
+        bias = None if biases[0] is None else torch.cat(biases)
+        if hasattr(qkv, "to_qkv"):
+            self.set_linear(qkv.to_qkv, torch.cat([w for w, _ in parts]), bias, f"{name}.qkv")
+        else:
+            self.set_linear(qkv.to_q, q[0], q[1], f"{name}.q")
+            kv_bias = None if bias is None else torch.cat(biases[1:])
+            self.set_linear(qkv.to_kv, torch.cat([k[0], v[0]]), kv_bias, f"{name}.kv")
+        self.set_linear(attn.to_out, out[0], out[1], f"{name}.out")
+
+    def set_feedforward(
+        self,
+        ff: nn.Module,
+        up: tuple[Tensor, Tensor | None],
+        down: tuple[Tensor, Tensor | None],
+        name: str,
+        gate: tuple[Tensor, Tensor | None] | None = None,
+    ) -> None:
+        """An anyformer FeedForward; with ``gate``, a GLU: act(gate) * up."""
+        if gate is None:
+            self.set_linear(ff.proj_in, up[0], up[1], f"{name}.up")
+        else:
+            # anyformer's GLU splits its projection into (value, gate)
+            bias = None if up[1] is None else torch.cat([up[1], gate[1]])
+            self.set_linear(ff.proj_in, torch.cat([up[0], gate[0]]), bias, f"{name}.gate_up")
+        self.set_linear(ff.proj_out, down[0], down[1], f"{name}.down")
+
+    def set_abs_positions(self, pos_emb: nn.Module, table: Tensor, name: str) -> None:
+        """A learned position table: anyformer scales its lookup by pos_emb.scale (dim**-0.5),
+        Hugging Face adds it unscaled, so the table is stored divided by that scale."""
+        scale = float(getattr(pos_emb, "scale", 1.0))
+        # divided in float64, rounded once into the model's dtype
+        self.set(pos_emb.emb.weight, table.double().div(scale), name)
+
+    def set_head(self, model: nn.Module, tied: bool, key: str = "lm_head.weight") -> None:
+        """The LM head (``key`` has no base-model prefix): tied heads reuse the token embedding,
+        and a copy of it in the checkpoint is skipped."""
+        if tied:
+            self.skip(key)
+            return
+        if key not in self.tensors:
+            raise UnsupportedHFModel(f"{self.source}: missing tensor {key!r} (untied LM head)")
+        self.used.add(key)
+        self.set(model.to_logits.weight, self.tensors[key], key)
+
+    # ----------------------------------------------------------------- checks
+
+    def finish(self) -> None:
+        """Raise on unused checkpoint tensors and on model parameters left unset."""
+        unused = [
+            k
+            for k in self.tensors
+            if k not in self.used and not any(fnmatch.fnmatchcase(k, p) for p in self.ignore)
+        ]
+        if unused:
+            more = f" (and {len(unused) - 5} more)" if len(unused) > 5 else ""
+            raise UnsupportedHFModel(
+                f"{self.source}: the converter does not know the checkpoint tensors "
+                f"{unused[:5]}{more}: a feature of this checkpoint is not supported"
+            )
+        unset = [n for n, p in self.model.named_parameters() if id(p) not in self.assigned]
+        if unset:
+            raise UnsupportedHFModel(
+                f"{self.source}: no checkpoint tensor for the anyformer parameters {unset[:5]}"
+            )
+
+
+def check_divisible(config: HFConfig, width_key: str, heads_key: str) -> int:
+    """The head width ``width // heads``, raising when the heads do not divide the width."""
+    width, heads = config.get(width_key), config.get(heads_key)
+    if width % heads:
+        raise config.unsupported(heads_key, heads, f"it does not divide {width_key}={width}")
+    return width // heads
+
+
+def layer_pairs(stack: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """The (self-attention block, feedforward block) of each layer of an anyformer stack."""
+    blocks = list(stack.layers)
+    types = "".join(b.layer_type for b in blocks)
+    if types != "af" * (len(blocks) // 2):
+        raise UnsupportedHFModel(f"expected a stack of attention + feedforward layers, got {types}")
+    return [(blocks[i], blocks[i + 1]) for i in range(0, len(blocks), 2)]
