@@ -18,6 +18,9 @@ def test_capabilities_of_a_flash_decoder():
         "fused_attention": True,
         "kv_cache": True,
         "kv_cache_beyond_max_seq_len": False,
+        "attention": (
+            {"layer": 0, "type": "a", "path": "fused", "explicit_because": (), "kv_cache": True},
+        ),
     }
 
 
@@ -25,10 +28,14 @@ def test_capabilities_of_an_encoder_without_positions():
     model = TransformerWrapper(
         num_tokens=32, max_seq_len=16, use_abs_pos_emb=False, attn_layers=Encoder(dim=16, depth=1)
     )
+    # without flash=True the fused kernel still runs wherever the math allows
     assert model.capabilities() == {
-        "fused_attention": False,
+        "fused_attention": True,
         "kv_cache": False,
         "kv_cache_beyond_max_seq_len": False,
+        "attention": (
+            {"layer": 0, "type": "a", "path": "fused", "explicit_because": (), "kv_cache": False},
+        ),
     }
 
 
@@ -38,11 +45,22 @@ def test_cross_attention_without_flash_is_reported():
         max_seq_len=16,
         use_abs_pos_emb=False,
         attn_layers=Decoder(
-            dim=16, depth=1, heads=2, cross_attend=True, attn_flash=True, cross_attn_flash=False
+            dim=16,
+            depth=1,
+            heads=2,
+            cross_attend=True,
+            attn_flash=True,
+            cross_attn_flash=False,
+            cross_attn_talking_heads=True,
         ),
     )
     caps = model.capabilities()
     assert caps["fused_attention"] is False
+    assert [(p["type"], p["path"]) for p in caps["attention"]] == [
+        ("a", "fused"),
+        ("c", "explicit"),
+    ]
+    assert caps["attention"][1]["explicit_because"] == ("talking_heads=True",)
     assert caps["kv_cache_beyond_max_seq_len"] is True
 
 

@@ -63,8 +63,8 @@ def test_unknown_and_misplaced_keywords():
         XTransformer(**BASE, depth=2)
     with pytest.raises(TypeError, match="'dec_cross_attend' is not accepted"):
         XTransformer(**BASE, dec_cross_attend=False)
-    with pytest.raises(NotImplementedError, match="'num_memory_tokens' .*not available yet"):
-        XTransformer(**BASE, enc_num_memory_tokens=2)
+    # enc_num_memory_tokens reaches the encoder wrapper (x-transformers' whitelist)
+    assert XTransformer(**BASE, enc_num_memory_tokens=2).encoder.memory_tokens.shape == (2, 32)
 
 
 def test_cross_attn_tokens_dropout_keeps_a_fraction_in_training():

@@ -22,31 +22,8 @@ POSITIONS = "positional scheme"
 STRUCTURE = "stack structure option"
 
 #: Attention keywords of the seed design (reached as ``attn_*`` / ``cross_attn_*`` on a stack).
-LATER_ATTENTION: dict[str, str] = {
-    name: ATTENTION
-    for name in (
-        "value_dim_head",
-        "one_kv_head",
-        "kv_heads",
-        "head_scale",
-        "sparse_topk",
-        "qk_norm",
-        "qk_norm_groups",
-        "qk_norm_scale",
-        "qk_norm_dim_scale",
-        "num_mem_kv",
-        "add_zero_kv",
-        "on_attn",
-        "gate_values",
-        "swiglu_values",
-        "gate_value_heads",
-        "talking_heads",
-        "shared_kv",
-        "tensor_product",
-        "rotary_embed_values",
-        "max_attend_past",
-    )
-}
+#: All implemented (the Attention issue); the table stays for later attention keywords.
+LATER_ATTENTION: dict[str, str] = {}
 
 #: Stack keywords of the seed design.
 LATER_STACK: dict[str, str] = {
@@ -70,25 +47,14 @@ LATER_STACK: dict[str, str] = {
             "dynamic_pos_bias_norm",
         )
     },
-    **{
-        name: ATTENTION
-        for name in (
-            "residual_attn",
-            "cross_residual_attn",
-        )
-    },
 }
 
 #: TransformerWrapper keywords of the seed design.
-LATER_WRAPPER: dict[str, str] = {
-    "attn_z_loss_weight": ATTENTION,
-}
+LATER_WRAPPER: dict[str, str] = {}
 
 #: Forward keywords of the seed design (wrapper and stack).
 LATER_FORWARD: dict[str, str] = {
     "seq_start_pos": POSITIONS,
-    "return_attn_z_loss": ATTENTION,
-    "attn_z_loss_weight": ATTENTION,
     "self_attn_kv_mask": POSITIONS,
     "rotary_pos_emb": POSITIONS,
     "cache_age": STRUCTURE,

@@ -130,6 +130,17 @@ class StackConfig:
     disable_abs_pos_emb: bool = option(
         False, "tell the wrapper not to add absolute positional embeddings"
     )
+    residual_attn: bool = option(
+        False,
+        "residual attention: each self-attention adds the previous one's pre-softmax logits to "
+        "its own (explicit attention path)",
+        "https://arxiv.org/abs/2012.11747",
+    )
+    cross_residual_attn: bool = option(
+        False,
+        "residual attention across the cross-attention layers (explicit attention path)",
+        "https://arxiv.org/abs/2012.11747",
+    )
     attention: AttentionConfig = option(AttentionConfig(), "self-attention options (attn_*)")
     cross_attention: AttentionConfig = option(
         AttentionConfig(), "cross-attention options (cross_attn_* over attn_*)"
@@ -145,6 +156,15 @@ class StackConfig:
                 raise ValueError(f"AttentionLayers: {name} must be >= 1, got {getattr(self, name)}")
         if self.only_cross and not self.cross_attend:
             raise ValueError("AttentionLayers: only_cross=True needs cross_attend=True")
+        for name, attn, prefix in (
+            ("residual_attn", self.attention, "attn_"),
+            ("cross_residual_attn", self.cross_attention, "cross_attn_"),
+        ):
+            if getattr(self, name) and attn.flash:
+                raise ValueError(
+                    f"AttentionLayers: {name}=True must see the attention matrix (explicit path), "
+                    f"but {prefix}flash=True asks for the fused kernel: drop one of the two"
+                )
         check_structure(self)
 
     @property

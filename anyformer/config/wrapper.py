@@ -20,6 +20,12 @@ class WrapperConfig(MemoryOptions):
     )
     emb_dim: int | None = option(None, "embedding width when it differs from the model width")
     emb_dropout: float = option(0.0, "dropout after the embeddings")
+    attn_z_loss_weight: float = option(
+        1e-4,
+        "default weight of the attention z-loss that forward(return_attn_z_loss=True) returns "
+        "(x-transformers accepts this keyword and ignores it)",
+        "https://arxiv.org/abs/2202.08906",
+    )
     post_emb_norm: bool = option(False, "LayerNorm right after the embeddings (BLOOM)")
     post_emb_norm_bias: bool = option(False, "the post-embedding LayerNorm has a bias (BERT)")
     post_emb_norm_eps: float = option(1e-5, "epsilon of the post-embedding LayerNorm")

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..nn.attention import Attention, FusedQKV, SplitQKV
 from ..nn.feedforward import FeedForward
+from ..nn.talking_heads import TalkingHeads
 from ..stack.blocks import Block
 from ..stack.layers import AttentionLayers
 from ..wrappers.transformer import TransformerWrapper
@@ -44,6 +45,7 @@ __all__ = [
     "Derived",
     "Extra",
     "Fused",
+    "Mapped",
     "Rename",
     "load_x_transformers_state_dict",
     "to_x_transformers_state_dict",
@@ -60,11 +62,25 @@ class Rename:
 
 @dataclass(frozen=True)
 class Fused:
-    """Our tensor ``ours`` is their tensors ``theirs`` concatenated on dim 0 (``sizes`` rows each)."""
+    """Our tensor ``ours`` is their tensors ``theirs`` concatenated on dim 0 (``sizes`` rows each),
+    after ``to_theirs`` (and ``to_ours`` on the way back) if given (a reordering of heads)."""
 
     ours: str
     theirs: tuple[str, ...]
     sizes: tuple[int, ...]
+    to_theirs: Callable[[Tensor], Tensor] | None = None
+    to_ours: Callable[[Tensor], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """Our tensor ``ours`` is their tensor ``theirs`` in another layout (head order, shape):
+    ``to_theirs(ours)`` gives theirs, ``to_ours(theirs)`` ours."""
+
+    ours: str
+    theirs: str
+    to_theirs: Callable[[Tensor], Tensor]
+    to_ours: Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -82,11 +98,11 @@ class Extra:
     theirs: str
     template: Tensor
     fill: bool
-    accept: str  # "any" | "zeros" | "never"
+    accept: str  # "any" | "zeros" | "never" | "equal" (exact only when it equals the template)
     reason: str
 
 
-Spec = Rename | Fused | Derived | Extra
+Spec = Rename | Fused | Mapped | Derived | Extra
 
 
 # --- the rules, one per anyformer module type whose layout differs --------------------------
@@ -103,8 +119,85 @@ def _block(m: Block) -> list[Spec]:
     ]
 
 
+def _gqa_order(heads: int, kv_heads: int) -> Tensor | None:
+    """Our query head o is x-transformers' query head order[o]; None when the orders agree.
+
+    We pair query head o with key/value head o // (heads // kv_heads) (what SDPA's grouped-query
+    mode and Hugging Face do); x-transformers 1.28.2 pairs its query head t with t % kv_heads.
+    """
+    if kv_heads in (1, heads):
+        return None
+    group = heads // kv_heads
+    return torch.tensor([(o % group) * kv_heads + o // group for o in range(heads)])
+
+
+def _reorder(order: Tensor, dim: int, size: int) -> Callable[[Tensor], Tensor]:
+    """Reorder the first len(order) blocks of `size` entries along `dim` (block o <- order[o])."""
+
+    def apply(t: Tensor) -> Tensor:
+        index = (order[:, None] * size + torch.arange(size)).flatten().to(t.device)
+        head = t.narrow(dim, 0, index.numel()).index_select(dim, index)
+        rest = t.narrow(dim, index.numel(), t.shape[dim] - index.numel())
+        return torch.cat((head, rest), dim=dim)
+
+    return apply
+
+
+def _head_maps(
+    order: Tensor | None, dim: int, size: int
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """(to_theirs, to_ours) for a tensor with one block of `size` per query head along `dim`."""
+    if order is None:
+        return (lambda t: t), (lambda t: t)
+    return _reorder(torch.argsort(order), dim, size), _reorder(order, dim, size)
+
+
+def _talking_heads_maps(
+    order: Tensor | None, heads: int
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """Our (h, h) head mix <-> x-transformers' 1x1 Conv2d weight (h, h, 1, 1)."""
+    rows_t, rows_o = _head_maps(order, 0, 1)
+    cols_t, cols_o = _head_maps(order, 1, 1)
+    return (
+        lambda w: cols_t(rows_t(w)).reshape(heads, heads, 1, 1),
+        lambda w: cols_o(rows_o(w.reshape(heads, heads))),
+    )
+
+
 def _attention(m: Attention) -> list[Spec]:
-    return [Rename("qkv", "")]  # to_q / to_k / to_v sit directly in x-transformers' Attention
+    # to_q / to_k / to_v, the qk-norm scales, mem_k / mem_v, to_r, to_v_head_gate and
+    # head_scale_params sit directly in x-transformers' Attention
+    specs: list[Spec] = [
+        Rename("qkv", ""),
+        Rename("qk_norm", ""),
+        Rename("prepended", ""),
+        Rename("head_ops", ""),
+    ]
+    order = _gqa_order(m.heads, m.kv_heads)
+    per_head = []  # (ours, theirs, dim, block size) of tensors with one block per query head
+    if "head_scale" in m.head_ops:
+        per_head.append(("head_ops.head_scale.head_scale_params", "head_scale_params", 1, 1))
+    if order is not None:
+        if "to_v_head_gate" in m.head_ops:
+            for name in ("weight", "bias"):
+                per_head.append((f"head_ops.to_v_head_gate.{name}", f"to_v_head_gate.{name}", 0, 1))
+        if m.to_v_gate is not None:
+            for name in ("weight", "bias"):
+                per_head.append((f"to_v_gate.{name}", f"to_v_gate.{name}", 0, m.value_dim))
+        out = "to_out.0.weight" if isinstance(m.to_out, nn.Sequential) else "to_out.weight"
+        per_head.append((out, out, 1, m.value_dim))
+        if m.qk_norm is not None and m.qk_norm.qk_norm_q_scale is not None:
+            for name in ("qk_norm_q_scale", "qk_norm_k_scale"):
+                per_head.append((f"qk_norm.{name}", name, 0, 1))
+    for ours, theirs, dim, size in per_head:
+        specs.append(Mapped(ours, theirs, *_head_maps(order, dim, size)))
+    for hooks, theirs in (("logit_hooks", "pre"), ("prob_hooks", "post")):
+        for i, hook in enumerate(getattr(m.attend, hooks)):
+            if isinstance(hook, TalkingHeads):
+                name = f"attend.{theirs}_softmax_talking_heads.weight"
+                maps = _talking_heads_maps(order, m.heads)
+                specs.append(Mapped(f"attend.{hooks}.{i}.weight", name, *maps))
+    return specs
 
 
 def _sizes(m: FusedQKV | SplitQKV) -> tuple[int, ...]:
@@ -113,24 +206,45 @@ def _sizes(m: FusedQKV | SplitQKV) -> tuple[int, ...]:
 
 
 def _qkv_specs(
-    ours: str, theirs: tuple[str, ...], sizes: tuple[int, ...], linear: nn.Linear
+    ours: str,
+    theirs: tuple[str, ...],
+    sizes: tuple[int, ...],
+    linear: nn.Linear,
+    maps: tuple = (),
 ) -> list[Spec]:
-    """Our fused projection `ours` is x-transformers' `theirs` (weight, and bias if any)."""
-    specs: list[Spec] = [Fused(f"{ours}.weight", tuple(f"{t}.weight" for t in theirs), sizes)]
+    """Our fused projection `ours` is x-transformers' `theirs` (weight, and bias if any);
+    ``maps``: (to_theirs, to_ours) reordering the query heads (grouped-query attention)."""
+    specs: list[Spec] = [
+        Fused(f"{ours}.weight", tuple(f"{t}.weight" for t in theirs), sizes, *maps)
+    ]
     if linear.bias is not None:
-        specs.append(Fused(f"{ours}.bias", tuple(f"{t}.bias" for t in theirs), sizes))
+        specs.append(Fused(f"{ours}.bias", tuple(f"{t}.bias" for t in theirs), sizes, *maps))
     return specs
+
+
+def _query_maps(m: FusedQKV | SplitQKV) -> tuple:
+    """Reorder the query rows of a projection whose queries are grouped over fewer kv heads."""
+    heads, kv_heads = getattr(m, "heads", 1), getattr(m, "kv_heads", 1)
+    order = _gqa_order(heads, kv_heads)
+    return () if order is None else _head_maps(order, 0, m.sizes[0] // heads)
 
 
 def _fused_qkv(m: FusedQKV) -> list[Spec]:
     # sizes: (q, k, v), or (q, k) when the values are the keys (shared_kv: no to_v)
     sizes = _sizes(m)
-    return _qkv_specs("to_qkv", ("to_q", "to_k", "to_v")[: len(sizes)], sizes, m.to_qkv)
+    theirs = ("to_q", "to_k", "to_v")[: len(sizes)]
+    return _qkv_specs("to_qkv", theirs, sizes, m.to_qkv, _query_maps(m))
 
 
 def _split_qkv(m: SplitQKV) -> list[Spec]:
     sizes = _sizes(m)[1:]
-    return _qkv_specs("to_kv", ("to_k", "to_v")[: len(sizes)], sizes, m.to_kv)
+    specs = _qkv_specs("to_kv", ("to_k", "to_v")[: len(sizes)], sizes, m.to_kv)
+    maps = _query_maps(m)
+    if maps:
+        specs.append(Mapped("to_q.weight", "to_q.weight", *maps))
+        if m.to_q.bias is not None:
+            specs.append(Mapped("to_q.bias", "to_q.bias", *maps))
+    return specs
 
 
 def _feedforward(m: FeedForward) -> list[Spec]:
@@ -162,10 +276,44 @@ def _feedforward(m: FeedForward) -> list[Spec]:
     return specs
 
 
+def _positions(m: AttentionLayers) -> list[Spec]:
+    # x-transformers: the bias module is `rel_pos`; its rotary frequencies (and xPos decay rates)
+    # are persistent buffers, which anyformer recomputes from the keywords instead
+    specs: list[Spec] = [Rename("attn_bias", "rel_pos")]
+    rotary = m.rotary
+    if rotary is None:
+        return specs
+    reason = (
+        "the rotary {} differ from those of this model's keywords (rotary_emb_dim, rotary_theta, "
+        "rotary_base_rescale_factor): build the anyformer model with the checkpoint's options"
+    )
+    specs.append(
+        Extra(
+            "rotary_pos_emb.inv_freq",
+            rotary.inv_freq.detach().clone(),
+            fill=True,
+            accept="equal",
+            reason=reason.format("frequencies"),
+        )
+    )
+    if rotary.xpos_zeta is not None:
+        specs.append(
+            Extra(
+                "rotary_pos_emb.scale",
+                rotary.xpos_zeta.detach().clone(),
+                fill=True,
+                accept="equal",
+                reason=reason.format("xPos decay rates"),
+            )
+        )
+    return specs
+
+
 def _attention_layers(m: AttentionLayers) -> list[Spec]:
     c = m.config
+    specs = _positions(m)
     if not (c.pre_norm and not c.pre_norm_has_final_norm):
-        return []
+        return specs
     weight = next(m.parameters())
     gain = torch.ones(c.dim, dtype=weight.dtype, device=weight.device)
     reason = (
@@ -173,7 +321,7 @@ def _attention_layers(m: AttentionLayers) -> list[Spec]:
         "and applies this final norm: build the anyformer model with pre_norm_has_final_norm=True "
         "to load this checkpoint exactly"
     )
-    return [Extra("final_norm.weight", gain, fill=False, accept="never", reason=reason)]
+    return [*specs, Extra("final_norm.weight", gain, fill=False, accept="never", reason=reason)]
 
 
 def _transformer_wrapper(m: TransformerWrapper) -> list[Spec]:
@@ -221,6 +369,7 @@ class _Link:
     ours: str | None  # None: an Extra
     theirs: tuple[str, ...]  # () : a Derived tensor
     sizes: tuple[int, ...] | None = None  # Fused: rows per piece
+    maps: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None = None  # Mapped
     source: str | None = None  # Derived
     extra: Extra | None = None
 
@@ -261,7 +410,13 @@ def _links(model: nn.Module) -> list[_Link]:
                 key = _join(ours, spec.ours)
                 claimed.add(key)
                 pieces = tuple(_join(theirs, t) for t in spec.theirs)
-                links.append(_Link(key, pieces, sizes=spec.sizes))
+                maps = None if spec.to_theirs is None else (spec.to_theirs, spec.to_ours)
+                links.append(_Link(key, pieces, sizes=spec.sizes, maps=maps))
+            elif isinstance(spec, Mapped):
+                key = _join(ours, spec.ours)
+                claimed.add(key)
+                maps = (spec.to_theirs, spec.to_ours)
+                links.append(_Link(key, (_join(theirs, spec.theirs),), maps=maps))
             elif isinstance(spec, Derived):
                 key = _join(ours, spec.ours)
                 claimed.add(key)
@@ -315,11 +470,13 @@ def to_x_transformers_state_dict(model: nn.Module) -> dict[str, Tensor]:
         if link.extra is not None:
             if link.extra.fill:
                 out[link.theirs[0]] = link.extra.template.clone()
-        elif link.sizes is not None:
-            for key, piece in zip(link.theirs, ours[link.ours].split(link.sizes, dim=0)):
+            continue
+        tensor = ours[link.ours] if link.maps is None else link.maps[0](ours[link.ours])
+        if link.sizes is not None:
+            for key, piece in zip(link.theirs, tensor.split(link.sizes, dim=0)):
                 out[key] = piece.clone()
         elif link.theirs:
-            out[link.theirs[0]] = ours[link.ours]
+            out[link.theirs[0]] = tensor
     return out
 
 
@@ -390,14 +547,16 @@ class _Match:
         return value
 
     def take(self, link: _Link) -> None:
-        target = _shape(self.expected[link.ours])
+        expected = self.expected[link.ours]
+        target = _shape(expected if link.maps is None else link.maps[0](expected))
         if link.sizes is None:
             pieces = [self._pop(link.theirs[0], target)]
         else:
             shapes = [(rows, *target[1:]) for rows in link.sizes]
             pieces = [self._pop(key, shape) for key, shape in zip(link.theirs, shapes)]
         if all(p is not None for p in pieces):
-            self.new[link.ours] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+            value = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+            self.new[link.ours] = value if link.maps is None else link.maps[1](value)
 
     def extra(self, key: str, extra: Extra) -> None:
         if key not in self.remaining:
@@ -405,7 +564,8 @@ class _Match:
         value = self._pop(key, _shape(extra.template))
         if value is None:
             return
-        if extra.accept == "never" or (extra.accept == "zeros" and bool(value.any())):
+        differs = extra.accept == "equal" and not torch.allclose(value, extra.template, rtol=1e-6)
+        if differs or extra.accept == "never" or (extra.accept == "zeros" and bool(value.any())):
             self.rejected.append(f"{key}: {extra.reason}")
 
     def raise_if_unmatched(self, fn: str, owner: str) -> None:

@@ -1,4 +1,9 @@
-"""Attention: projections (fused q/k/v where shapes allow), heads, cache, then the kernel."""
+"""Attention: projections (fused q/k/v where shapes allow), heads, cache, then the kernel.
+
+Everything optional is decided at construction (see AttentionConfig): the kernel path, grouped
+key/value heads, qk-norm, prepended memory/zero keys, the explicit-path hooks (talking heads,
+sparse top-k), and the head-output modules (tensor product, head scale, head gate, value gate).
+"""
 
 from __future__ import annotations
 
@@ -11,43 +16,76 @@ from ..config.attention import AttentionConfig
 from ..config.later import LATER_ATTENTION
 from ..config.options import build_options
 from .attend import Attend, Intermediates
+from .attend_past import restrict_to_window
+from .gates import HeadGate, HeadScale, ValueGate, attention_on_attention
 from .masks import AttentionMask, build_attention_mask
+from .memory_kv import PrependedKV
+from .qk_norm import QKNorm
+from .sparse_topk import SparseTopK
+from .talking_heads import TalkingHeads
+from .tensor_product import TensorProduct
 
 __all__ = ["Attention", "FusedQKV", "SplitQKV"]
 
 
 class FusedQKV(nn.Module):
-    """One (dim -> 3 * inner) projection; with a separate context it slices the weight."""
+    """One (dim -> q + k [+ v]) projection; with a separate context it slices the weight.
 
-    def __init__(self, dim: int, inner: int, bias: bool = False) -> None:
+    ``sizes``: (q_dim, k_dim, v_dim), or (q_dim, k_dim) when the values are the keys (shared_kv);
+    ``heads``/``kv_heads``: how many query and key/value heads those rows hold.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        sizes: tuple[int, ...],
+        bias: bool = False,
+        heads: int = 1,
+        kv_heads: int = 1,
+    ) -> None:
         super().__init__()
-        self.inner = inner
-        self.to_qkv = nn.Linear(dim, 3 * inner, bias=bias)
+        self.sizes = tuple(sizes)
+        self.heads, self.kv_heads = heads, kv_heads
+        self.to_qkv = nn.Linear(dim, sum(sizes), bias=bias)
 
     def _slice(self, part: slice) -> tuple[Tensor, Tensor | None]:
         bias = self.to_qkv.bias
         return self.to_qkv.weight[part], None if bias is None else bias[part]
 
     def forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        q_dim = self.sizes[0]
         if context is None:
-            return self.to_qkv(x).split(self.inner, dim=-1)
-        q = nn.functional.linear(x, *self._slice(slice(None, self.inner)))
-        kv = nn.functional.linear(context, *self._slice(slice(self.inner, None)))
-        k, v = kv.split(self.inner, dim=-1)
-        return q, k, v
+            q, k, *v = self.to_qkv(x).split(self.sizes, dim=-1)
+        else:
+            q = nn.functional.linear(x, *self._slice(slice(None, q_dim)))
+            kv = nn.functional.linear(context, *self._slice(slice(q_dim, None)))
+            k, *v = kv.split(self.sizes[1:], dim=-1)
+        return q, k, v[0] if v else k
 
     def queries(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, *self._slice(slice(None, self.inner)))
+        return nn.functional.linear(x, *self._slice(slice(None, self.sizes[0])))
 
 
 class SplitQKV(nn.Module):
-    """Queries from x, keys/values from a context of another width (dim_context)."""
+    """Queries from x, keys/values from a context of another width (dim_context).
 
-    def __init__(self, dim: int, dim_context: int, inner: int, bias: bool = False) -> None:
+    ``sizes``: as FusedQKV's.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_context: int,
+        sizes: tuple[int, ...],
+        bias: bool = False,
+        heads: int = 1,
+        kv_heads: int = 1,
+    ) -> None:
         super().__init__()
-        self.inner = inner
-        self.to_q = nn.Linear(dim, inner, bias=bias)
-        self.to_kv = nn.Linear(dim_context, 2 * inner, bias=bias)
+        self.sizes = tuple(sizes)
+        self.heads, self.kv_heads = heads, kv_heads
+        self.to_q = nn.Linear(dim, sizes[0], bias=bias)
+        self.to_kv = nn.Linear(dim_context, sum(sizes[1:]), bias=bias)
 
     def forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         if context is None:
@@ -55,8 +93,8 @@ class SplitQKV(nn.Module):
                 f"Attention: built with dim_context={self.to_kv.in_features}, so a `context` of "
                 "that width is required"
             )
-        k, v = self.to_kv(context).split(self.inner, dim=-1)
-        return self.to_q(x), k, v
+        k, *v = self.to_kv(context).split(self.sizes[1:], dim=-1)
+        return self.to_q(x), k, v[0] if v else k
 
     def queries(self, x: Tensor) -> Tensor:
         return self.to_q(x)
@@ -71,6 +109,16 @@ def _parse_config(config: AttentionConfig | None, kwargs: dict[str, Any]) -> Att
     return build_options(AttentionConfig, "Attention", kwargs, later=LATER_ATTENTION, valid=valid)
 
 
+def _check_heads(config: AttentionConfig, heads: int) -> int:
+    kv_heads = config.kv_heads_for(heads)
+    if heads % kv_heads:
+        raise ValueError(
+            f"Attention: kv_heads ({kv_heads}) must divide heads ({heads}): each key/value head "
+            "serves an equal group of query heads"
+        )
+    return kv_heads
+
+
 class Attention(nn.Module):
     """Multi-head self- or cross-attention (x-transformers' ``Attention``)."""
 
@@ -82,42 +130,147 @@ class Attention(nn.Module):
         *,
         config: AttentionConfig | None = None,
         position: nn.Module | None = None,
+        carries_scores: bool = False,
         **kwargs: Any,
     ) -> None:
         """``position`` (set by a stack): a module ``(q, k, positions) -> (q, k)`` that encodes
-        the tokens' positions into queries and keys (rotary); None for none."""
+        the tokens' positions into queries and keys (rotary); None for none.
+        ``carries_scores`` (set by a stack with residual attention): forward takes the previous
+        layer's pre-softmax logits as ``prev_attn`` (explicit path)."""
         super().__init__()
-        config = _parse_config(config, kwargs)
+        c = config = _parse_config(config, kwargs)
         self.config = config
         self.heads = heads
+        self.kv_heads = _check_heads(config, heads)
         self.causal = causal
         self.dim_head = config.dim_head
-        inner = heads * config.dim_head
-        dim_context = config.dim_context or dim
-        bias = config.qkv_bias
+        self.value_dim = config.value_dim
+        q_dim, k_dim = heads * c.dim_head, self.kv_heads * c.dim_head
+        v_dim, out_dim = self.kv_heads * c.value_dim, heads * c.value_dim
+        sizes = (q_dim, k_dim) if c.shared_kv else (q_dim, k_dim, v_dim)
+        dim_context = c.dim_context or dim
         self.qkv = (
-            FusedQKV(dim, inner, bias)
+            FusedQKV(dim, sizes, c.qkv_bias, heads, self.kv_heads)
             if dim_context == dim
-            else SplitQKV(dim, dim_context, inner, bias)
+            else SplitQKV(dim, dim_context, sizes, c.qkv_bias, heads, self.kv_heads)
         )
-        self.attend = Attend(
-            flash=config.flash, dropout=config.dropout, scale=config.dim_head**-0.5
+        self.qk_norm = (
+            QKNorm(heads, self.kv_heads, c.dim_head, c.qk_norm_groups, c.qk_norm_dim_scale)
+            if c.qk_norm
+            else None
         )
-        self.to_out = nn.Linear(inner, dim, bias=config.out_bias)
+        if c.qk_norm_dim_scale and self.kv_heads != heads and position is not None:
+            raise ValueError(
+                "Attention: qk_norm_dim_scale=True with fewer key/value heads than heads cannot be "
+                "combined with rotary positions (the key scale is folded into the queries, which "
+                "rotary does not commute with)"
+            )
         self.position = position
+        # rotary_embed_values: values are rotated as keys (needs a rotary position module)
+        self.rotate_values = c.rotary_embed_values and position is not None
+        self.window = c.max_attend_past
+        self.prepended = (
+            PrependedKV(c.num_mem_kv, c.add_zero_kv, self.kv_heads, c.dim_head, c.value_dim)
+            if c.num_prepended_keys
+            else None
+        )
+        self.attend = self._build_attend(heads, carries_scores)
+        self.head_ops = self._build_head_ops(dim, heads)
+        self.to_v_gate = ValueGate(dim, out_dim, c.swiglu_values) if c.gate_values else None
+        self.to_out = (
+            attention_on_attention(out_dim, dim, c.out_bias)
+            if c.on_attn
+            else nn.Linear(out_dim, dim, bias=c.out_bias)
+        )
         self.reset_parameters()
+
+    def _build_attend(self, heads: int, carries_scores: bool) -> Attend:
+        c = self.config
+        if c.flash and carries_scores:
+            raise ValueError(
+                "Attention: flash=True asks for the fused kernel, but residual attention "
+                "(residual_attn / cross_residual_attn) must see the attention matrix"
+            )
+        return Attend(
+            flash=c.flash,
+            explicit=c.kernel == "explicit",
+            dropout=c.dropout,
+            scale=c.qk_norm_scale if c.qk_norm else c.dim_head**-0.5,
+            logit_hooks=[TalkingHeads(heads)] if c.uses_pre_talking_heads else [],
+            masked_logit_hooks=[SparseTopK(c.sparse_topk)] if c.sparse_topk is not None else [],
+            prob_hooks=[TalkingHeads(heads)] if c.uses_post_talking_heads else [],
+            carries_scores=carries_scores,
+        )
+
+    def _build_head_ops(self, dim: int, heads: int) -> nn.ModuleDict:
+        """(b, h, n, d_v) head outputs, (b, n, dim) input -> head outputs; in x-transformers'
+        order: tensor product, head scale, head gate."""
+        c = self.config
+        ops = nn.ModuleDict()
+        if c.tensor_product:
+            ops["to_r"] = TensorProduct(dim, self.kv_heads, c.value_dim)
+        if c.head_scale:
+            ops["head_scale"] = HeadScale(heads)
+        if c.gate_value_heads:
+            ops["to_v_head_gate"] = HeadGate(dim, heads)
+        return ops
 
     def reset_parameters(self) -> None:
         """Initialise what this module owns beyond its children's defaults."""
-        for linear in (*self.qkv.children(), self.to_out):
+        out = self.to_out[0] if isinstance(self.to_out, nn.Sequential) else self.to_out
+        for linear in (*self.qkv.children(), out):
             if isinstance(linear, nn.Linear) and linear.bias is not None:
                 nn.init.zeros_(linear.bias)  # projection biases start at zero (GPT-2, BERT)
         if self.config.zero_init_output:
-            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(out.weight)
 
-    def _heads(self, t: Tensor) -> Tensor:
+    @property
+    def path(self) -> str:
+        """'fused' or 'explicit': the kernel path this layer runs (return_attn aside)."""
+        return self.attend.path
+
+    @property
+    def explicit_reasons(self) -> tuple[str, ...]:
+        """The options that put this layer on the explicit path (empty: fused)."""
+        reasons = list(self.config.explicit_reasons)
+        if self.attend.carries_scores:
+            reasons.append("residual attention")
+        if self.config.kernel == "explicit":
+            reasons.append("kernel='explicit'")
+        return tuple(reasons)
+
+    def _heads(self, t: Tensor, heads: int) -> Tensor:
         b, n, _ = t.shape
-        return t.view(b, n, self.heads, self.dim_head).transpose(1, 2)
+        return t.view(b, n, heads, -1).transpose(1, 2)
+
+    def _project(
+        self,
+        x: Tensor,
+        context: Tensor | None,
+        positions: Tensor | None,
+        cache: LayerKVCache | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q (b, h, n, d), k (b, kvh, j, d), v (b, kvh, j, d_v): normalised, rotated, cached."""
+        if cache is not None and cache.is_cross and cache.filled:
+            q = self._heads(self.qkv.queries(x), self.heads)
+            if self.qk_norm is not None:
+                q = self.qk_norm.queries(q)
+            return q, cache.k, cache.v
+        q, k, v = self.qkv(x, context)
+        q = self._heads(q, self.heads)
+        k, v = self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
+        if self.position is not None and context is None:
+            q, k = self.position(q, k, positions)
+            if self.rotate_values:
+                v = self.position.rotate_values(v, positions)
+        if cache is not None:
+            if cache.is_cross:
+                cache.set_context(k, v)
+            else:
+                k, v = cache.update(k, v)
+        return q, k, v
 
     def forward(
         self,
@@ -132,38 +285,43 @@ class Attention(nn.Module):
         cache: LayerKVCache | None = None,
         return_intermediates: bool = False,
         return_attn: bool = False,
+        prev_attn: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Intermediates]:
         """x (b, n, dim) [context (b, m, dim_context)] -> (b, n, dim).
 
         ``mask``/``context_mask``/``attn_mask`` are used when called on its own; a stack passes the
         combined ``plan`` it built once for all layers. ``positions`` (b|1, n) are the positions
-        of the rows of x (the stack computes them once per forward).
+        of the rows of x (the stack computes them once per forward). ``return_attn``: the
+        attention maps in the intermediates (the explicit path runs for this call);
+        ``prev_attn``: the previous layer's pre-softmax logits (residual attention).
         """
-        if cache is not None and cache.is_cross and cache.filled:
-            q, k, v = self._heads(self.qkv.queries(x)), cache.k, cache.v
-        else:
-            q, k, v = (self._heads(t) for t in self.qkv(x, context))
-            if self.position is not None and context is None:
-                q, k = self.position(q, k, positions)
-            if cache is not None:
-                if cache.is_cross:
-                    cache.set_context(k, v)
-                else:
-                    k, v = cache.update(k, v)
+        is_self = context is None and (cache is None or not cache.is_cross)
+        q, k, v = self._project(x, context, positions, cache)
+        q_len, k_len = q.shape[-2], k.shape[-2]
         if plan is None:
-            key_mask = mask if context is None else context_mask
             plan = build_attention_mask(
-                q_len=q.shape[-2],
-                k_len=k.shape[-2],
-                causal=self.causal and context is None,
-                key_mask=key_mask,
+                q_len=q_len,
+                k_len=k_len,
+                causal=self.causal and is_self,
+                key_mask=mask if context is None else context_mask,
                 attn_mask=attn_mask,
                 device=x.device,
             )
-        out, inter = self.attend(q, k, v, plan, return_attn=return_attn or return_intermediates)
-        out = self.to_out(out.transpose(1, 2).flatten(2))
+        if self.window is not None and is_self:
+            plan = restrict_to_window(plan, self.window, q_len, k_len, x.device)
+        cached_kv = (k, v)
+        if self.prepended is not None:
+            memory_keys = None if self.qk_norm is None else self.qk_norm.memory_keys
+            k, v, plan = self.prepended(k, v, plan, q_len, memory_keys)
+        out, inter = self.attend(q, k, v, plan, return_attn=return_attn, prev_attn=prev_attn)
+        for op in self.head_ops.values():
+            out = op(out, x)
+        out = out.transpose(1, 2).flatten(2)
+        if self.to_v_gate is not None:
+            out = self.to_v_gate(out, x)
+        out = self.to_out(out)
         if return_intermediates:
             inter = inter if inter is not None else Intermediates()
-            inter.cached_kv = (k, v)
+            inter.cached_kv = cached_kv
             return out, inter
         return out

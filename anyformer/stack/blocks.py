@@ -36,6 +36,8 @@ class StackRun:
     attn_intermediates: list[Intermediates] = field(default_factory=list)
     row_mask: Tensor | None = None  # (b, n) key mask of the rows computed now (token shift)
     dual: Tensor | None = None  # ResiDual: the pre-LN stream of summed branch outputs
+    prev_attn: Tensor | None = None  # residual attention: last self-attention's logits
+    prev_cross_attn: Tensor | None = None  # cross_residual_attn: last cross-attention's logits
 
 
 class Block(nn.Module):
@@ -99,10 +101,20 @@ class FeedForwardBlock(Block):
 class AttentionBlock(Block):
     """Self-attention ('a') or cross-attention ('c'); the stack gives each execution its cache slot."""
 
-    def __init__(self, branch: nn.Module, *args: nn.Module | None, is_cross: bool, **kw) -> None:
+    def __init__(
+        self,
+        branch: nn.Module,
+        *args: nn.Module | None,
+        is_cross: bool,
+        carries_scores: bool = False,
+        **kw,
+    ) -> None:
+        """``carries_scores``: residual attention, the branch adds the pre-softmax logits of the
+        previous attention of its kind (self / cross) and hands its own on."""
         super().__init__(branch, *args, **kw)
         self.is_cross = is_cross
         self.layer_type = "c" if is_cross else "a"
+        self.carries_scores = carries_scores
 
     def forward(self, x: Tensor, run: StackRun, slot: int | None = None) -> Tensor:
         if run.collect:
@@ -110,19 +122,29 @@ class AttentionBlock(Block):
             if not self.is_cross:
                 run.hiddens.append(x)
         cache = None if run.cache is None else run.cache.layer(slot, self.is_cross)
+        carry = self.carries_scores
+        prev = None
+        if carry:
+            prev = run.prev_cross_attn if self.is_cross else run.prev_attn
         out = self.branch(
             self.branch_input(x, run, slot),
             context=run.context if self.is_cross else None,
             plan=run.cross_mask if self.is_cross else run.self_mask,
             positions=None if self.is_cross else run.positions,
             cache=cache,
-            return_intermediates=run.collect,
+            return_intermediates=run.collect or carry,
             return_attn=run.return_attn,
+            prev_attn=prev,
         )
-        if run.collect:
+        if run.collect or carry:
             out, inter = out
-            inter.layer_type = self.layer_type
-            run.attn_intermediates.append(inter)
+            if carry and self.is_cross:
+                run.prev_cross_attn = inter.pre_softmax_attn
+            elif carry:
+                run.prev_attn = inter.pre_softmax_attn
+            if run.collect:
+                inter.layer_type = self.layer_type
+                run.attn_intermediates.append(inter)
         return self.join(x, out, run)
 
     def remember(self, mem: Tensor, positions: Any, cache: KVCache, slot: int) -> None:

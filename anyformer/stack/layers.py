@@ -104,13 +104,15 @@ class AttentionLayers(nn.Module):
             ff = FeedForward(c.dim, config=feedforward_config(c))
             return FeedForwardBlock(feedforward_branch(c, ff), **slots)
         is_cross = layer_type == "c"
+        carries = c.cross_residual_attn if is_cross else c.residual_attn
         attn = Attention(
             c.dim,
             heads=c.heads,
             causal=c.causal and not is_cross,
             config=attention_config(c, is_cross),
+            carries_scores=carries,
         )
-        return AttentionBlock(attn, is_cross=is_cross, **slots)
+        return AttentionBlock(attn, is_cross=is_cross, carries_scores=carries, **slots)
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | StackConfig) -> AttentionLayers:
@@ -134,6 +136,22 @@ class AttentionLayers(nn.Module):
     def can_cache_kv(self) -> bool:
         """Whether cached decoding is possible (causal self-attention)."""
         return self.causal
+
+    def attention_paths(self) -> tuple[dict[str, Any], ...]:
+        """Per attention layer (in build order): its index in ``layers``, type ('a' self, 'c'
+        cross), kernel path ('fused' / 'explicit'), the options that force the explicit path,
+        and whether it caches keys/values in cached decoding."""
+        return tuple(
+            {
+                "layer": index,
+                "type": block.layer_type,
+                "path": block.branch.path,
+                "explicit_because": block.branch.explicit_reasons,
+                "kv_cache": self.can_cache_kv,
+            }
+            for index, block in enumerate(self.layers)
+            if block.layer_type in ("a", "c")
+        )
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved configuration as a plain dict."""

@@ -17,6 +17,7 @@ from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding, TokenEmbedding
 from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
+from ..nn.z_loss import attention_z_loss
 from ..stack.layers import AttentionLayers
 from .core import StackWrapper
 
@@ -135,16 +136,16 @@ class TransformerWrapper(StackWrapper):
         if self.config.tie_embedding and not self.config.return_only_embed:
             self.to_logits.weight = self.token_emb.emb.weight
 
-    def capabilities(self) -> dict[str, bool]:
-        """What the chosen options allow (SPEC: no silent capability loss)."""
-        stack = self.attn_layers.config
-        attn_configs = [stack.attention] if not stack.only_cross else []
-        if stack.cross_attend:
-            attn_configs.append(stack.cross_attention)
+    def capabilities(self) -> dict[str, Any]:
+        """What the chosen options allow (SPEC: no silent capability loss): whether every
+        attention layer runs the fused kernel, KV caching, and per attention layer its path
+        (``AttentionLayers.attention_paths``)."""
+        paths = self.attn_layers.attention_paths()
         return {
-            "fused_attention": all(c.flash for c in attn_configs),
+            "fused_attention": all(p["path"] == "fused" for p in paths),
             "kv_cache": self.can_cache_kv,
             "kv_cache_beyond_max_seq_len": self.can_cache_kv and not self.has_abs_pos_emb,
+            "attention": paths,
         }
 
     def config_dict(self) -> dict[str, Any]:
@@ -173,6 +174,8 @@ class TransformerWrapper(StackWrapper):
         sum_embeds: Tensor | None = None,
         cache: KVCache | LayerIntermediates | None = None,
         input_not_include_cache: bool = False,
+        return_attn_z_loss: bool = False,
+        attn_z_loss_weight: float | None = None,
         check_inputs: bool = True,
         **kwargs: Any,
     ) -> Any:
@@ -187,6 +190,9 @@ class TransformerWrapper(StackWrapper):
         when ``input_not_include_cache=True``. Other keywords (context, context_mask, attn_mask,
         prefix_attn_len) go to the stack. ``check_inputs=False`` skips the input validation
         (and its host sync on token ids): decode loops that already checked their inputs use it.
+        ``return_attn_z_loss``: also return the intermediates, with ``attn_z_loss`` (times
+        ``attn_z_loss_weight``, default the constructor's) computed from every attention layer's
+        pre-softmax logits (the explicit attention path runs for this call).
         """
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
@@ -244,8 +250,8 @@ class TransformerWrapper(StackWrapper):
             pos=stack_pos,
             mems=mems,
             mem_masks=mem_masks,
-            return_hiddens=return_intermediates or return_mems,
-            return_attn=return_attn,
+            return_hiddens=return_intermediates or return_mems or return_attn_z_loss,
+            return_attn=return_attn or return_attn_z_loss,
             **kwargs,
         )
 
@@ -255,6 +261,13 @@ class TransformerWrapper(StackWrapper):
             result = h
         else:
             result = self.to_logits(h)
+        if return_attn_z_loss:
+            weight = attn_z_loss_weight
+            if weight is None:
+                weight = self.config.attn_z_loss_weight
+            logits = [i.pre_softmax_attn for i in inter.attn_intermediates]
+            inter.attn_z_loss = attention_z_loss(logits, weight)
+            return_intermediates = True  # as x-transformers: the loss comes in the intermediates
         return self._result(
             result,
             inter,
