@@ -541,6 +541,9 @@ STACK_SUPPLIES = {
     "cross_attn_": {"dim", "heads", "causal"},
     "ff_": {"dim", "dim_out"},
 }
+# stack keywords a self-attention keyword needs to mean something there (values are rotated only
+# when the stack has rotary embeddings)
+STACK_NEEDS = {"rotary_embed_values": {"rotary_pos_emb": True}}
 
 
 def accepted_or_not_yet(build, names):
@@ -580,14 +583,23 @@ STACK_ROUTED_CASES = [
 ]
 
 
+def stack_usage(prefix, name):
+    """The stack keywords that switch one Attention / FeedForward seed keyword on."""
+    owner = "FeedForward" if prefix == "ff_" else "Attention"
+    usage = prefixed(prefix, SEED_USAGE[owner][name])  # named with its prefix, as written
+    if prefix == "cross_attn_":
+        usage["cross_attend"] = True
+    if prefix == "attn_":
+        usage.update(STACK_NEEDS.get(name, {}))
+    return usage
+
+
 @pytest.mark.parametrize(
     ("prefix", "name"), STACK_ROUTED_CASES, ids=[p + n for p, n in STACK_ROUTED_CASES]
 )
 def test_seed_keyword_through_stack_prefix(prefix, name):
-    owner = "FeedForward" if prefix == "ff_" else "Attention"
-    usage = prefixed(prefix, SEED_USAGE[owner][name])  # named with its prefix, as written
-    cross = {"cross_attend": True} if prefix == "cross_attn_" else {}
-    accepted_or_not_yet(lambda: AttentionLayers(dim=32, depth=2, heads=2, **cross, **usage), usage)
+    usage = stack_usage(prefix, name)
+    accepted_or_not_yet(lambda: AttentionLayers(dim=32, depth=2, heads=2, **usage), usage)
 
 
 # XTransformer routes enc_* / dec_* to its two sides. Per the reference (section 1.9.1) only
@@ -641,6 +653,8 @@ def xtransformer_usage(side, prefix, name):
         for key, value in SEED_USAGE[owner][name].items()
         if key not in ("causal", "cross_attend")  # the decoder is causal and cross-attends
     }
+    if prefix == "attn_":
+        usage.update(STACK_NEEDS.get(name, {}))
     return {**XT_KW, "enc_depth": 2, "dec_depth": 2}, prefixed(side, usage), [*usage]
 
 
@@ -776,10 +790,7 @@ def test_seed_usages_are_x_transformers_usages():
         for owner, name in CONSTRUCTOR_CASES:
             SEED_BUILD[owner](classes, SEED_USAGE[owner][name])
         for prefix, name in STACK_ROUTED_CASES:
-            owner = "FeedForward" if prefix == "ff_" else "Attention"
-            cross = {"cross_attend": True} if prefix == "cross_attn_" else {}
-            usage = prefixed(prefix, SEED_USAGE[owner][name])
-            xt.AttentionLayers(dim=32, depth=2, heads=2, **cross, **usage)
+            xt.AttentionLayers(dim=32, depth=2, heads=2, **stack_usage(prefix, name))
         for case in XT_CASES:
             base, kwargs, _ = xtransformer_usage(*case)
             xt.XTransformer(**{**base, **kwargs})
