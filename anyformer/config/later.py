@@ -26,36 +26,14 @@ STRUCTURE = "stack structure option"
 LATER_ATTENTION: dict[str, str] = {}
 
 #: Stack keywords of the seed design.
-LATER_STACK: dict[str, str] = {
-    **{
-        name: POSITIONS
-        for name in (
-            "rotary_pos_emb",
-            "rotary_emb_dim",
-            "rotary_xpos",
-            "rotary_xpos_scale_base",
-            "rotary_interpolation_factor",
-            "rotary_base_rescale_factor",
-            "alibi_pos_bias",
-            "alibi_num_heads",
-            "rel_pos_bias",
-            "rel_pos_num_buckets",
-            "rel_pos_max_distance",
-            "dynamic_pos_bias",
-            "dynamic_pos_bias_log_distance",
-            "dynamic_pos_bias_mlp_depth",
-            "dynamic_pos_bias_norm",
-        )
-    },
-}
+LATER_STACK: dict[str, str] = {}
 
 #: TransformerWrapper keywords of the seed design.
-LATER_WRAPPER: dict[str, str] = {}
+LATER_WRAPPER: dict[str, str] = {
+}
 
 #: Forward keywords of the seed design (wrapper and stack).
 LATER_FORWARD: dict[str, str] = {
-    "seq_start_pos": POSITIONS,
-    "self_attn_kv_mask": POSITIONS,
     "rotary_pos_emb": POSITIONS,
     "cache_age": STRUCTURE,
 }

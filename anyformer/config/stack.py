@@ -16,6 +16,7 @@ from .feedforward import FeedForwardConfig
 from .later import LATER_ATTENTION, LATER_STACK, raise_if_later
 from .norm import NormConfig
 from .options import build_options, check_fields, option, unknown_keyword
+from .positions import PositionConfig
 from .structure import check_structure, execution_order, layer_types, normalise_sequences
 
 __all__ = ["StackConfig", "parse_stack_config", "stack_keyword_names"]
@@ -127,9 +128,6 @@ class StackConfig:
         "fraction of context tokens dropped (once per forward) while training (Perceiver AR)",
         "https://arxiv.org/abs/2202.07765",
     )
-    disable_abs_pos_emb: bool = option(
-        False, "tell the wrapper not to add absolute positional embeddings"
-    )
     residual_attn: bool = option(
         False,
         "residual attention: each self-attention adds the previous one's pre-softmax logits to "
@@ -147,6 +145,9 @@ class StackConfig:
     )
     feedforward: FeedForwardConfig = option(FeedForwardConfig(), "feedforward options (ff_*)")
     norm: NormConfig = option(NormConfig(), "norm options (norm_eps, norm_bias, ...)")
+    positions: PositionConfig = option(
+        PositionConfig(), "positional scheme (rotary_*, alibi_*, rel_pos_*, dynamic_pos_bias_*)"
+    )
 
     def __post_init__(self) -> None:
         normalise_sequences(self)
@@ -166,6 +167,13 @@ class StackConfig:
                     f"but {prefix}flash=True asks for the fused kernel: drop one of the two"
                 )
         check_structure(self)
+        self.positions.check_stack(
+            causal=self.causal,
+            dim=self.dim,
+            heads=self.heads,
+            dim_head=self.attention.dim_head,
+            rotate_values=self.attention.rotary_embed_values,
+        )
 
     @property
     def layer_types(self) -> tuple[str, ...]:
@@ -176,6 +184,11 @@ class StackConfig:
     def execution_order(self) -> tuple[int, ...]:
         """Indices into layer_types in the order the layers run."""
         return execution_order(self)
+
+    @property
+    def disable_abs_pos_emb(self) -> bool:
+        """Whether the wrapper leaves out absolute positions (resolved from the positions)."""
+        return self.positions.abs_pos_emb_disabled
 
     @property
     def has_final_norm(self) -> bool:
@@ -189,7 +202,7 @@ class StackConfig:
 
 #: Groups of un-prefixed stack keywords, each parsed into its own config: a keyword goes to the
 #: group that declares a field of its name, else to StackConfig itself.
-STACK_GROUPS: dict[str, type] = {"norm": NormConfig}
+STACK_GROUPS: dict[str, type] = {"norm": NormConfig, "positions": PositionConfig}
 
 #: Prefixed groups: prefix -> (StackConfig field, config class).
 PREFIX_GROUPS: dict[str, tuple[str, type]] = {

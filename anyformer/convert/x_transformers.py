@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..nn.attention import Attention, FusedQKV, SplitQKV
 from ..nn.feedforward import FeedForward
+from ..nn.norms import RMSNorm
 from ..nn.talking_heads import TalkingHeads
 from ..stack.blocks import Block
 from ..stack.layers import AttentionLayers
@@ -114,9 +115,14 @@ def _block(m: Block) -> list[Spec]:
         Rename("pre_norm", "0.0"),
         Rename("post_branch_norm", "0.1"),
         Rename("post_norm", "0.2"),
-        Rename("branch", "1"),
+        # token shift: x-transformers wraps the branch in ShiftTokens (its child "fn")
+        Rename("branch", "1.fn" if m.token_shift is not None else "1"),
         Rename("residual", "2"),
     ]
+
+
+def _rms_norm(m: RMSNorm) -> list[Spec]:
+    return [Rename("weight", "g")]  # RMSNorm / ScaleNorm gains are "g" in x-transformers
 
 
 def _gqa_order(heads: int, kv_heads: int) -> Tensor | None:
@@ -315,13 +321,17 @@ def _attention_layers(m: AttentionLayers) -> list[Spec]:
     if not (c.pre_norm and not c.pre_norm_has_final_norm):
         return specs
     weight = next(m.parameters())
-    gain = torch.ones(c.dim, dtype=weight.dtype, device=weight.device)
+    kind = c.norm.kind
+    if kind == "simple_rmsnorm":
+        return specs  # x-transformers' final SimpleRMSNorm has no tensor
+    size, name = {"layernorm": (c.dim, "weight"), "scalenorm": (1, "g")}.get(kind, (c.dim, "g"))
+    gain = torch.ones(size, dtype=weight.dtype, device=weight.device)
     reason = (
         "x-transformers 1.28.2 (and 2.0) ignores pre_norm_has_final_norm=False and builds "
         "and applies this final norm: build the anyformer model with pre_norm_has_final_norm=True "
         "to load this checkpoint exactly"
     )
-    return [*specs, Extra("final_norm.weight", gain, fill=False, accept="never", reason=reason)]
+    return [*specs, Extra(f"final_norm.{name}", gain, fill=False, accept="never", reason=reason)]
 
 
 def _transformer_wrapper(m: TransformerWrapper) -> list[Spec]:
@@ -355,6 +365,7 @@ RULES: dict[type, Callable[[nn.Module], list[Spec]]] = {
     FusedQKV: _fused_qkv,
     SplitQKV: _split_qkv,
     FeedForward: _feedforward,
+    RMSNorm: _rms_norm,
     AttentionLayers: _attention_layers,
     TransformerWrapper: _transformer_wrapper,
     XTransformer: _xtransformer,

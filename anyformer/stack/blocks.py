@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..cache import KVCache
 from ..nn.attend import Intermediates
 from ..nn.masks import AttentionMask
+from ..nn.positions.rotary import RotaryAngles
 from ..nn.residual import Residual
 
 __all__ = ["AttentionBlock", "Block", "FeedForwardBlock", "StackRun"]
@@ -28,6 +29,7 @@ class StackRun:
     cross_mask: AttentionMask | None = None
     context: Tensor | None = None
     positions: Tensor | None = None  # (b|1, n) positions of the rows being computed
+    rotary: RotaryAngles | None = None  # rotary cos/sin of those rows, computed once per forward
     cache: KVCache | None = None
     collect: bool = False
     return_attn: bool = False
@@ -38,6 +40,11 @@ class StackRun:
     dual: Tensor | None = None  # ResiDual: the pre-LN stream of summed branch outputs
     prev_attn: Tensor | None = None  # residual attention: last self-attention's logits
     prev_cross_attn: Tensor | None = None  # cross_residual_attn: last cross-attention's logits
+
+    @property
+    def self_positions(self) -> Tensor | RotaryAngles | None:
+        """What self-attention's position module reads: the rotary angles, else the positions."""
+        return self.positions if self.rotary is None else self.rotary
 
 
 class Block(nn.Module):
@@ -130,7 +137,7 @@ class AttentionBlock(Block):
             self.branch_input(x, run, slot),
             context=run.context if self.is_cross else None,
             plan=run.cross_mask if self.is_cross else run.self_mask,
-            positions=None if self.is_cross else run.positions,
+            positions=None if self.is_cross else run.self_positions,
             cache=cache,
             return_intermediates=run.collect or carry,
             return_attn=run.return_attn,

@@ -19,6 +19,8 @@ from ..nn.feedforward import FeedForward
 from ..nn.init import reset_module_tree
 from ..nn.masks import AttentionMask, build_attention_mask, causal_keep_mask, expand_attn_mask
 from ..nn.norms import build_norm
+from ..nn.positions import build_attn_bias, build_rotary, left_padded
+from ..nn.positions.left_padding import check_seq_start_pos
 from ..nn.token_dropout import drop_tokens
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
 from .memory import remember
@@ -71,6 +73,7 @@ class AttentionLayers(nn.Module):
         self.cross_attend = config.cross_attend
         self.disable_abs_pos_emb = config.disable_abs_pos_emb
         self.layer_types = config.layer_types
+        self.rotary = build_rotary(config)  # shared by every self-attention layer
         self.layers = nn.ModuleList(
             self._build_block(t, i) for i, t in enumerate(self.layer_types)
         )
@@ -78,7 +81,7 @@ class AttentionLayers(nn.Module):
         self.final_norm = (
             build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
         )
-        self.attn_bias: nn.Module | None = None  # additive position bias (ALiBi, T5, ...)
+        self.attn_bias = build_attn_bias(config)  # additive position bias (ALiBi, T5, ...)
         self._set_execution_order(config.execution_order)
 
     def _set_execution_order(self, order: tuple[int, ...]) -> None:
@@ -110,6 +113,7 @@ class AttentionLayers(nn.Module):
             heads=c.heads,
             causal=c.causal and not is_cross,
             config=attention_config(c, is_cross),
+            position=None if is_cross else self.rotary,
             carries_scores=carries,
         )
         return AttentionBlock(attn, is_cross=is_cross, carries_scores=carries, **slots)
@@ -168,6 +172,8 @@ class AttentionLayers(nn.Module):
         cache: KVCache | LayerIntermediates | None = None,
         return_attn: bool = False,
         pos: Tensor | None = None,
+        seq_start_pos: Tensor | None = None,
+        self_attn_kv_mask: Tensor | None = None,
         mems: list[Tensor] | None = None,
         mem_masks: list[Tensor] | Tensor | None = None,
         **kwargs: Any,
@@ -181,6 +187,10 @@ class AttentionLayers(nn.Module):
         With a ``cache``, x holds only the new positions and ``mask`` only their key mask
         (the cache remembers the rest). ``pos`` (n,) or (b, n): the rows' positions (default:
         0..n-1 after what the cache holds), handed to every self-attention layer.
+        ``seq_start_pos`` (b,): left-padded rows, row r's tokens begin at column
+        seq_start_pos[r] (earlier columns are hidden keys; positions count from there; a cache
+        remembers it). ``self_attn_kv_mask`` (b, n): the self-attention key mask, in place of
+        ``mask``.
         """
         self._check_kwargs(kwargs)
         if isinstance(cache, LayerIntermediates):
@@ -195,6 +205,11 @@ class AttentionLayers(nn.Module):
         if cache is None and return_hiddens and self.causal and attn_mask is None:
             # returned in the intermediates to continue decoding from; training needs none
             cache = None if self.training else KVCache()
+        if self_attn_kv_mask is not None:
+            check_mask("self_attn_kv_mask", self_attn_kv_mask, (b, n), "batch, seq_len")
+            mask = self_attn_kv_mask
+        if seq_start_pos is not None or (cache is not None and cache.seq_start_pos is not None):
+            pos, mask = self._left_padding(seq_start_pos, pos, mask, cache, b, n)
         key_mask, k_len = mask, n
         if cache is not None:
             key_mask = cache.extend_mask(mask, b, n, x.device)
@@ -216,8 +231,8 @@ class AttentionLayers(nn.Module):
             return_attn=return_attn,
             row_mask=mask,
         )
-        if self.attn_bias is not None:
-            run.self_mask = run.self_mask.with_bias(self.attn_bias(positions, k_len))
+        if positions is not None:
+            self._position_inputs(run, pos is None, n, k_len)
         if self.cross_attend:
             run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
         if self.config.resi_dual:
@@ -256,6 +271,43 @@ class AttentionLayers(nn.Module):
                 "decode in eval mode (model.eval())"
             )
         return (torch.rand(len(probs)) < torch.tensor(probs)).tolist()
+
+    def _left_padding(
+        self,
+        seq_start_pos: Tensor | None,
+        pos: Tensor | None,
+        mask: Tensor | None,
+        cache: KVCache | None,
+        b: int,
+        n: int,
+    ) -> tuple[Tensor, Tensor]:
+        """seq_start_pos (given, or remembered by the cache) -> per-row positions, key mask."""
+        start = 0 if cache is None else cache.length
+        if seq_start_pos is None:
+            seq_start_pos = cache.seq_start_pos
+        else:
+            check_seq_start_pos(seq_start_pos, b, start + n)
+            if cache is not None:
+                cache.seq_start_pos = seq_start_pos
+        return left_padded(seq_start_pos, start, n, pos, mask)
+
+    def _position_inputs(self, run: StackRun, counted: bool, n: int, k_len: int) -> None:
+        """Rotary angles and the additive position bias, computed once for every layer.
+        ``counted``: the positions are the default ones, consecutive after the cache."""
+        cache, positions = run.cache, run.positions
+        offset = (0 if cache is None else cache.length) if counted else None
+        if self.rotary is not None:
+            run.rotary = self.rotary.angles(positions, offset, cache)
+        if self.attn_bias is None:
+            return
+        span = k_len if counted else None  # |q - k| < span (None: measured from the positions)
+        if cache is None:
+            k_pos = positions
+        elif counted and cache.key_positions is None:
+            k_pos = torch.arange(k_len, device=positions.device).unsqueeze(0)
+        else:
+            k_pos, span = cache.extend_positions(positions, n), None
+        run.self_mask = run.self_mask.with_bias(self.attn_bias(positions, k_pos, span))
 
     @staticmethod
     def _positions(
@@ -299,6 +351,8 @@ class AttentionLayers(nn.Module):
                 "cache",
                 "return_attn",
                 "pos",
+                "seq_start_pos",
+                "self_attn_kv_mask",
                 "mems",
                 "mem_masks",
             ]

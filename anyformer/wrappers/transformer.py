@@ -17,6 +17,7 @@ from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding, TokenEmbedding
 from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
+from ..nn.positions.left_padding import check_seq_start_pos
 from ..nn.z_loss import attention_z_loss
 from ..stack.layers import AttentionLayers
 from .core import StackWrapper
@@ -174,6 +175,7 @@ class TransformerWrapper(StackWrapper):
         sum_embeds: Tensor | None = None,
         cache: KVCache | LayerIntermediates | None = None,
         input_not_include_cache: bool = False,
+        seq_start_pos: Tensor | None = None,
         return_attn_z_loss: bool = False,
         attn_z_loss_weight: float | None = None,
         check_inputs: bool = True,
@@ -190,6 +192,8 @@ class TransformerWrapper(StackWrapper):
         when ``input_not_include_cache=True``. Other keywords (context, context_mask, attn_mask,
         prefix_attn_len) go to the stack. ``check_inputs=False`` skips the input validation
         (and its host sync on token ids): decode loops that already checked their inputs use it.
+        ``seq_start_pos`` (b,): left-padded rows, whose tokens begin at that column (positions
+        count from there; a cache remembers it).
         ``return_attn_z_loss``: also return the intermediates, with ``attn_z_loss`` (times
         ``attn_z_loss_weight``, default the constructor's) computed from every attention layer's
         pre-softmax logits (the explicit attention path runs for this call).
@@ -200,6 +204,14 @@ class TransformerWrapper(StackWrapper):
             self._check_forward_kwargs(kwargs)
         x = as_token_ids("x", x, check_inputs)
         offset = self._token_offset(cache)
+        if seq_start_pos is not None and prepend_embeds is not None:
+            raise ValueError(
+                "seq_start_pos (left padding) cannot be combined with prepend_embeds: pad the "
+                "token rows on the right and pass mask instead"
+            )
+        if seq_start_pos is not None and check_inputs:
+            width = x.shape[1] + (offset if input_not_include_cache else 0)
+            check_seq_start_pos(seq_start_pos, x.shape[0], width)
         if check_inputs:
             self._check_inputs(
                 x,
@@ -227,6 +239,11 @@ class TransformerWrapper(StackWrapper):
         if self.pos_emb is not None:
             if pos is None:
                 pos = torch.arange(offset, offset + n, device=x.device)
+            first = seq_start_pos
+            if first is None and cache is not None:
+                first = cache.seq_start_pos
+            if first is not None:  # left padding: count from each row's first token
+                pos = (pos - first.view(-1, 1)).clamp(min=0)
             h = h + self.pos_emb(pos)
         if self.embeds is not None and embed_ids:
             for name, ids in embed_ids.items():
@@ -252,6 +269,7 @@ class TransformerWrapper(StackWrapper):
             mem_masks=mem_masks,
             return_hiddens=return_intermediates or return_mems or return_attn_z_loss,
             return_attn=return_attn or return_attn_z_loss,
+            seq_start_pos=seq_start_pos,
             **kwargs,
         )
 
@@ -283,6 +301,7 @@ class TransformerWrapper(StackWrapper):
         stack_params = inspect.signature(self.attn_layers.forward).parameters
         takes = {n for n, p in stack_params.items() if p.kind is p.KEYWORD_ONLY or n != "x"}
         takes -= {"args", "kwargs", "return_hiddens", "cache", "mask", "return_attn", "pos"}
+        takes -= {"seq_start_pos"}  # a keyword of this forward
         for name in kwargs:
             if name not in takes and name not in LATER_FORWARD:
                 own = [n for n in inspect.signature(self.forward).parameters if n != "kwargs"]

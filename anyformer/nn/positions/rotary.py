@@ -98,12 +98,12 @@ class RotaryEmbedding(nn.Module):
     def reset_parameters(self) -> None:
         """Recompute the frequencies and the table (they are not saved; to_empty leaves garbage)."""
         device = self.inv_freq.device
+        dtype = torch.promote_types(self.inv_freq.dtype, torch.float32)  # float64 stays float64
         with torch.no_grad():
-            exponent = torch.arange(0, self.dim, 2, device=device).float() / self.dim
-            self.inv_freq.copy_(1.0 / (self.base**exponent))
+            pairs = torch.arange(0, self.dim, 2, device=device, dtype=dtype)
+            self.inv_freq.copy_(1.0 / (self.base ** (pairs / self.dim)))
             if self.xpos_zeta is not None:
                 # zeta_i = (2i + 0.4 r) / (1.4 r): the xPos paper's per-pair decay rates
-                pairs = torch.arange(0, self.dim, 2, device=device).float()
                 self.xpos_zeta.copy_((pairs + 0.4 * self.dim) / (1.4 * self.dim))
             self._fill_table(self.cos_table.shape[0])
 
