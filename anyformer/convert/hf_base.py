@@ -100,35 +100,34 @@ class HFConfig:
 def rope_settings(config: HFConfig, head_dim: int) -> dict[str, Any]:
     """Rotary keywords (rotary_pos_emb, rotary_emb_dim, rotary_theta) from a Llama-style config.
 
-    Reads ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (4.x);
-    only the plain rotary embedding ('default') is supported: other rope types (linear,
-    dynamic, yarn, llama3, longrope, ...) raise naming the option.
+    Reads ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (4.x).
+    Supported rope types: 'default' and 'linear' (position interpolation,
+    https://arxiv.org/abs/2306.15595); others (dynamic, yarn, llama3, longrope, ...) raise
+    naming the option.
     """
     params = config.data.get("rope_parameters")
-    scaling = config.data.get("rope_scaling")
-    if isinstance(params, Mapping):
-        source, theta = "rope_parameters", params.get("rope_theta", config.data.get("rope_theta"))
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        factor = params.get("partial_rotary_factor", config.data.get("partial_rotary_factor"))
-    else:
-        source, theta = "rope_scaling", config.data.get("rope_theta", 10000.0)
-        rope_type = "default"
-        if isinstance(scaling, Mapping):
-            rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        factor = config.data.get("partial_rotary_factor")
-    if rope_type not in ("default", None):
-        key = f"{source}['rope_type']" if source == "rope_parameters" else "rope_scaling"
-        raise config.unsupported(
-            key, rope_type, "only the plain rotary embedding (rope_type='default') is implemented"
-        )
-    rotary_dim = head_dim
-    if factor is not None and factor != 1.0:
-        rotary_dim = int(head_dim * factor)
-    return {
+    if isinstance(params, Mapping):  # transformers 5
+        key, scaling = "rope_parameters", params
+        theta = params.get("rope_theta", config.data.get("rope_theta"))
+    else:  # transformers 4: rope_theta, and rope_scaling (None for plain rotary)
+        key, scaling = "rope_scaling", config.data.get("rope_scaling") or {}
+        theta = config.data.get("rope_theta")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    partial = scaling.get("partial_rotary_factor", config.data.get("partial_rotary_factor"))
+    out = {
         "rotary_pos_emb": True,
-        "rotary_emb_dim": rotary_dim,
-        "rotary_theta": float(theta if theta is not None else 10000.0),
+        "rotary_emb_dim": head_dim if partial is None else int(head_dim * partial),
+        "rotary_theta": float(10000.0 if theta is None else theta),
     }
+    if rope_type == "linear":  # position interpolation: positions divided by the factor
+        out["rotary_interpolation_factor"] = float(scaling["factor"])
+    elif rope_type not in ("default", None):
+        raise config.unsupported(
+            f"{key}['rope_type']",
+            rope_type,
+            "implemented: 'default' (plain rotary) and 'linear' (position interpolation)",
+        )
+    return out
 
 
 def hf_activation(config: HFConfig, key: str, allowed: Collection[str]) -> dict[str, bool]:

@@ -5,8 +5,9 @@ The model: no absolute positions, rotary embeddings on every head's full width w
 a SwiGLU feedforward of width ``intermediate_size`` without biases, a final RMSNorm and an LM
 head (tied only when ``tie_word_embeddings``) (Touvron et al. 2023,
 https://arxiv.org/abs/2302.13971). ``attention_bias`` and ``mlp_bias`` map to anyformer's
-``attn_qkv_bias``/``attn_out_bias`` and ``ff_no_bias``. Only the plain rotary embedding is
-supported: a ``rope_scaling`` / ``rope_parameters`` type other than 'default' raises naming it.
+``attn_qkv_bias``/``attn_out_bias`` and ``ff_no_bias``. Rope types 'default' and 'linear'
+(``rotary_interpolation_factor``) are supported; others (dynamic, yarn, llama3, ...) raise
+naming the option.
 """
 
 from __future__ import annotations
