@@ -85,19 +85,23 @@ class AutoregressiveWrapper(nn.Module):
         if self.training and self.mask_prob > 0:
             hide = forgetful_key_mask(*inp.shape, self.mask_prob, x.device)
             key_mask = hide if key_mask is None else key_mask & hide
+        z_loss = self.options.add_attn_z_loss  # the net returns it in its intermediates
         out = self.net(
             inp,
             prepend_embeds=prepend_embeds,
             mask=key_mask,
             return_intermediates=return_outputs,
+            **({"return_attn_z_loss": True} if z_loss else {}),
             **kwargs,
         )
-        logits, inter = out if return_outputs else (out, None)
+        logits, inter = out if return_outputs or z_loss else (out, None)
         if prepend_embeds is not None:
             logits = logits[:, prepend_embeds.shape[1] :]
         loss = F.cross_entropy(
             logits.transpose(1, 2).float(), target, ignore_index=self.ignore_index
         )
+        if z_loss:
+            loss = loss + inter.attn_z_loss
         return (loss, (logits, inter)) if return_outputs else loss
 
     @staticmethod

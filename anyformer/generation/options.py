@@ -32,11 +32,6 @@ class WrapperOptions:
             raise ValueError(
                 f"AutoregressiveWrapper: mask_prob must be in [0, 1), got {self.mask_prob}"
             )
-        if self.add_attn_z_loss:
-            raise NotImplementedError(
-                "AutoregressiveWrapper: add_attn_z_loss=True needs the attention z-loss, which "
-                "the attention modules do not report yet (it arrives with the Attention issue)"
-            )
 
 
 @dataclass(frozen=True)
