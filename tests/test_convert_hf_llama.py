@@ -12,6 +12,7 @@ from hf_models import tiny_llama as tiny
 
 from anyformer import TransformerWrapper
 from anyformer.convert import UnsupportedHFModel, from_hf, from_hf_dir
+from anyformer.serialization import load_pretrained, save_pretrained
 
 VARIANTS = {
     "gqa": {},
@@ -133,3 +134,15 @@ def test_transformers_4_rope_scaling_raises_naming_it(tmp_path):
 def test_other_activation_raises():
     with pytest.raises(UnsupportedHFModel, match="Llama config: option hidden_act='gelu'"):
         from_hf(tiny(hidden_act="gelu"))
+
+
+def test_a_converted_model_saves_and_loads_as_an_anyformer_folder(tmp_path):
+    hf = tiny(seed=10)
+    model = from_hf(hf)
+    save_pretrained(model, tmp_path / "ours")
+    loaded = load_pretrained(tmp_path / "ours")
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        got = loaded(ids, mask=mask)
+        assert torch.equal(got, model(ids, mask=mask))
+        assert max_diff(got, hf(ids, attention_mask=mask.long()).logits, mask) < TOL

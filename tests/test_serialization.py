@@ -125,6 +125,9 @@ _KEYWORDS = st.fixed_dictionaries(
         "tie_embedding": st.booleans(),
         "post_emb_norm": st.booleans(),
         "ff_no_bias": st.booleans(),
+        "attn_qkv_bias": st.booleans(),
+        "attn_out_bias": st.booleans(),
+        "norm_bias": st.booleans(),
     },
 )
 
