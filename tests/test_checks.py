@@ -422,7 +422,7 @@ def test_generate_argument_checks(model):
     prompt = torch.randint(0, NUM_TOKENS, (2, 3))
     with pytest.raises(ValueError, match=r"^seq_len must be an int >= 1, got 0"):
         ar.generate(prompt, 0)
-    with pytest.raises(ValueError, match=r"^temperature must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"^temperature must be .*>= 0, got -1"):
         ar.generate(prompt, 2, temperature=-1.0)
     with pytest.raises(ValueError, match=r"^prompts holds token id 10"):
         ar.generate(torch.full((1, 2), NUM_TOKENS), 2)

@@ -227,9 +227,12 @@ def test_autoregressive_wrapper_train_and_generate():
     assert abs(loss.item() - math.log(num_tokens)) < 1.0
     loss.backward()
     assert net.token_emb.emb.weight.grad is not None
-    loss2, logits = model(x, return_outputs=True)
-    torch.testing.assert_close(loss2, loss)
+    loss2, (logits, _) = model(x, return_outputs=True)  # x-transformers: (loss, (logits, cache))
     assert logits.shape == (4, 32, num_tokens)
+    # the loss is next-token cross-entropy: logits at i against token i + 1, written out
+    manual = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:])
+    torch.testing.assert_close(loss2, manual)
+    torch.testing.assert_close(loss, manual)
     start = torch.randint(0, num_tokens, (3, 4))
     generated = model.generate(start, 12)
     assert generated.shape == (3, 12)
@@ -244,7 +247,7 @@ def test_autoregressive_ignore_index_excludes_targets():
     x = torch.randint(1, 64, (2, 9))
     x_ignored = x.clone()
     x_ignored[:, 5:] = 0
-    loss, logits = model(x_ignored, return_outputs=True)
+    loss, (logits, _) = model(x_ignored, return_outputs=True)
     manual = torch.nn.functional.cross_entropy(logits[:, :4].transpose(1, 2), x_ignored[:, 1:5])
     torch.testing.assert_close(loss, manual)
 
