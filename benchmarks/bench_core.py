@@ -13,6 +13,9 @@ Cases
     fwd     TransformerWrapper forward under torch.inference_mode, batch 8 x 512 tokens
     gen-bN  AutoregressiveWrapper.generate, greedy (temperature=0), cache_kv=True,
             prompt 16 tokens, 256 new tokens, batch N (default N in {1, 8})
+    gqa-fwd, gqa-gen-b8
+            the forward and batch-8 generation cases on the same Decoder with grouped-query
+            attention (attn_kv_heads=--kv-heads, default 2 key/value heads for 6 query heads)
 
 Run ``python benchmarks/bench_core.py --help`` and see benchmarks/README.md.
 x-transformers is a benchmark-only dependency: ``pip install -e ".[bench]"``.
@@ -80,14 +83,17 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def build(impl: Impl, args: argparse.Namespace, device: torch.device):
-    """Build an AutoregressiveWrapper(TransformerWrapper(Decoder)) with a fixed seed."""
+def build(
+    impl: Impl, args: argparse.Namespace, device: torch.device, extra: dict | None = None
+):
+    """Build an AutoregressiveWrapper(TransformerWrapper(Decoder)) with a fixed seed;
+    ``extra``: more Decoder keywords (a case's variant, e.g. grouped-query attention)."""
     kw = model_kwargs(args)
     torch.manual_seed(args.seed)  # identical seed -> identical init if both init alike
     net = impl.TransformerWrapper(
         num_tokens=kw["num_tokens"],
         max_seq_len=kw["max_seq_len"],
-        attn_layers=impl.Decoder(**kw["decoder"]),
+        attn_layers=impl.Decoder(**kw["decoder"], **(extra or {})),
     )
     wrapper = impl.AutoregressiveWrapper(net)
     return wrapper.to(device)
@@ -228,6 +234,7 @@ class Case:
     desc: str
     setup: Callable[..., Callable[[], None]]
     tokens: int  # tokens processed per call, for throughput
+    decoder_extra: dict | None = None  # a variant of the model, built for this case only
 
 
 def make_cases(args) -> list[Case]:
@@ -254,6 +261,23 @@ def make_cases(args) -> list[Case]:
                 b * args.gen_len,
             )
         )
+    gqa = {"attn_kv_heads": args.kv_heads}
+    cases += [
+        Case(
+            "gqa-fwd",
+            f"forward, kv_heads={args.kv_heads} b={args.fwd_batch} n={args.fwd_seq}",
+            case_fwd,
+            args.fwd_batch * args.fwd_seq,
+            gqa,
+        ),
+        Case(
+            "gqa-gen-b8",
+            f"cached generate, kv_heads={args.kv_heads} b=8 new={args.gen_len}",
+            make_case_gen(8),
+            8 * args.gen_len,
+            gqa,
+        ),
+    ]
     wanted = set(args.cases) if args.cases else None
     if wanted is not None:
         unknown = wanted - {c.name for c in cases}
@@ -373,7 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--impls", nargs="+", default=list(ALL_IMPLS), choices=list(ALL_IMPLS),
                    help="implementations to run (the ratio needs both)")  # fmt: skip
     p.add_argument("--cases", nargs="+", default=None,
-                   help="subset of cases to run: train fwd gen-b1 gen-b8")  # fmt: skip
+                   help="subset of cases to run: train fwd gen-b1 gen-b8 gqa-fwd gqa-gen-b8")  # fmt: skip
     p.add_argument("--gen-batches", type=int, nargs="+", default=None,
                    help="batch sizes for the generation case (default 1 8, --quick 1)")  # fmt: skip
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
@@ -391,6 +415,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--kv-heads", type=int, default=2,
+                   help="key/value heads of the gqa-* cases (divides --heads)")  # fmt: skip
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-seq", type=int, default=256)
     p.add_argument("--fwd-batch", type=int, default=8)
@@ -528,7 +554,15 @@ def main(argv=None) -> int:
         t_case = time.perf_counter()
         meter = CpuMeter()
         steps: dict[str, Callable[[], None]] = {}
-        for name, model in models.items():
+        case_models = models
+        if case.decoder_extra is not None:
+            case_models = {}
+            for name, impl in impls.items():
+                try:
+                    case_models[name] = build(impl, args, device, case.decoder_extra)
+                except Exception:
+                    record_error(name, f"build for case {case.name}")
+        for name, model in case_models.items():
             try:
                 step = case.setup(model, args, device)
                 t_warm = time.perf_counter()
