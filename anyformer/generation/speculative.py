@@ -57,10 +57,12 @@ def _propose(
     logits = draft.feed(pending)[:, -1]
     drafts, probs = [], []
     for j in range(k):
-        token = pick(logits)
-        drafts.append(token)
-        if not pick.greedy:
+        if pick.greedy:
+            token = logits.argmax(dim=-1)
+        else:  # filter once: draw from the very probabilities the verification uses
             probs.append(pick.probs(logits))
+            token = pick_from_probs(probs[-1], pick.generator)
+        drafts.append(token)
         if j < k - 1:
             logits = draft.feed(token[:, None])[:, -1]
     q = torch.stack(probs, dim=1) if probs else None
