@@ -123,3 +123,10 @@ def test_biases_run_on_the_fused_path_and_equal_the_explicit_path(keywords, stac
         with torch.no_grad():
             logits[flash] = model(x, mask=mask)
     torch.testing.assert_close(logits[True], logits[False], atol=1e-5, rtol=0)
+
+
+def test_alibi_under_grouped_query_attention_pairs_slopes_as_x_transformers():
+    # our query head o reads kv head o // 2, x-transformers' head t reads kv head t % 2: the
+    # heads that share kv head 0 are our {0, 1} and its {0, 2}, so they carry slopes 1/4, 1/64
+    module = AlibiPositionalBias(4, total_heads=4, kv_heads=2)
+    assert module.slopes.tolist() == [1 / 4, 1 / 64, 1 / 16, 1 / 256]

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..nn.attention import Attention, FusedQKV, SplitQKV
 from ..nn.feedforward import FeedForward
 from ..nn.norms import RMSNorm
+from ..nn.positions import DynamicPositionBias, RelativePositionBias
 from ..nn.talking_heads import TalkingHeads
 from ..stack.blocks import Block
 from ..stack.layers import AttentionLayers
@@ -286,6 +287,16 @@ def _positions(m: AttentionLayers) -> list[Spec]:
     # x-transformers: the bias module is `rel_pos`; its rotary frequencies (and xPos decay rates)
     # are persistent buffers, which anyformer recomputes from the keywords instead
     specs: list[Spec] = [Rename("attn_bias", "rel_pos")]
+    c, bias = m.config, m.attn_bias
+    order = _gqa_order(c.heads, c.attention.kv_heads_for(c.heads))
+    if order is not None and isinstance(bias, RelativePositionBias):  # one column per head
+        name = "relative_attention_bias.weight"
+        specs.append(Mapped(f"attn_bias.{name}", f"rel_pos.{name}", *_head_maps(order, 1, 1)))
+    elif order is not None and isinstance(bias, DynamicPositionBias):  # one output per head
+        last = f"mlp.{len(bias.mlp) - 1}"
+        for t in ("weight", "bias"):
+            maps = _head_maps(order, 0, 1)
+            specs.append(Mapped(f"attn_bias.{last}.{t}", f"rel_pos.{last}.{t}", *maps))
     rotary = m.rotary
     if rotary is None:
         return specs

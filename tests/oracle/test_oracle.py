@@ -37,6 +37,8 @@ _STACK = {
     "cross": "Decoder",
     "cross_attender": "CrossAttender",
     "vit": "Encoder",
+    "xl": "Decoder",
+    "continuous": "Decoder",
 }
 
 
@@ -67,6 +69,8 @@ def build(lib: Any, row: Row, side: str) -> nn.Module:
     layers = getattr(lib, _STACK[row.kind])(**stack)
     if row.kind == "vit":
         return lib.ViTransformerWrapper(**wrapper, attn_layers=layers)
+    if row.kind == "continuous":
+        return lib.ContinuousTransformerWrapper(**wrapper, attn_layers=layers)
     return lib.TransformerWrapper(**wrapper, attn_layers=layers)
 
 
@@ -103,6 +107,7 @@ class Inputs:
     img: Tensor | None = None
     labels: Tensor | None = None
     src: Tensor | None = None
+    mem_masks: Tensor | None = None  # xl: (b, max memory) mask, its last columns per segment
 
 
 def make_inputs(row: Row, ours: nn.Module) -> Inputs:
@@ -121,7 +126,10 @@ def make_inputs(row: Row, ours: nn.Module) -> Inputs:
         tgt = torch.randint(0, wrapper["dec_num_tokens"], (b, n + 1), generator=gen)
         mask = _padding_mask(b, n) if spec.get("mask") else None
         return Inputs(x=tgt, src=src, mask=mask, kwargs={})
-    x = torch.randint(0, ours.num_tokens, (b, n + 1), generator=gen)
+    if row.kind == "continuous":
+        x = torch.randn(b, n + 1, ours.dim_in, generator=gen)
+    else:
+        x = torch.randint(0, ours.num_tokens, (b, n + 1), generator=gen)
     kwargs: dict[str, Any] = {}
     mask = _padding_mask(b, n) if spec.get("mask") else None
     if mask is not None:
@@ -142,7 +150,11 @@ def make_inputs(row: Row, ours: nn.Module) -> Inputs:
         kwargs["embed_ids"] = {
             name: torch.randint(0, size, (b, n), generator=gen) for name, size in sizes.items()
         }
-    return Inputs(x=x, kwargs=kwargs, mask=mask)
+    mem_masks = None
+    if spec.get("mem_masks"):  # batch row 1 hides every third memory row
+        mem_masks = torch.ones(b, 4 * n, dtype=torch.bool)
+        mem_masks[1, ::3] = False
+    return Inputs(x=x, kwargs=kwargs, mask=mask, mem_masks=mem_masks)
 
 
 def _padding_mask(b: int, n: int) -> Tensor:
@@ -158,7 +170,21 @@ def logits(model: nn.Module, row: Row, inp: Inputs) -> Tensor:
     if row.kind == "xtransformer":
         enc = model.encoder(inp.src, mask=inp.mask, return_embeddings=True)
         return model.decoder.net(inp.x[:, :-1], context=enc, context_mask=inp.mask)
+    if row.kind == "xl":
+        return xl_logits(model, inp)
     return model(inp.x[:, :-1], **inp.kwargs)
+
+
+def xl_logits(model: nn.Module, inp: Inputs) -> Tensor:
+    """Segments of max_seq_len, each with the memories of the ones before (both libraries)."""
+    mems, outs = None, []
+    for chunk in inp.x[:, :-1].split(model.max_seq_len, dim=1):
+        kwargs: dict[str, Any] = {}
+        if mems is not None and inp.mem_masks is not None:
+            kwargs["mem_masks"] = [inp.mem_masks[:, -mems[0].shape[1] :]] * len(mems)
+        out, mems = model(chunk, mems=mems, return_mems=True, **kwargs)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
 
 
 def loss(lib: Any, model: nn.Module, row: Row, inp: Inputs) -> Tensor:
@@ -166,6 +192,10 @@ def loss(lib: Any, model: nn.Module, row: Row, inp: Inputs) -> Tensor:
         return model(inp.src, inp.x, mask=inp.mask)
     if row.kind in ("decoder", "cross"):
         return lib.AutoregressiveWrapper(model)(inp.x, **inp.kwargs)
+    if row.kind == "xl":
+        return lib.XLAutoregressiveWrapper(model)(inp.x)
+    if row.kind == "continuous":
+        return lib.ContinuousAutoregressiveWrapper(model)(inp.x, **inp.kwargs)
     out = logits(model, row, inp)
     if row.kind == "vit":
         return F.cross_entropy(out, inp.labels) if inp.labels is not None else out.square().mean()
@@ -177,11 +207,12 @@ def loss(lib: Any, model: nn.Module, row: Row, inp: Inputs) -> Tensor:
 
 def zero_padded_queries(model: nn.Module, mask: Tensor) -> list[Any]:
     """Hooks that zero anyformer's attention outputs at padded queries, as 1.28.2 does."""
-    return [
-        m.register_forward_hook(lambda mod, args, out: out * mask[..., None])
-        for m in model.modules()
-        if isinstance(m, af.Attention)
-    ]
+
+    def hook(mod: nn.Module, args: Any, out: Tensor) -> Tensor:
+        rows = out.shape[1] - mask.shape[1]  # memory tokens in front are kept rows
+        return out * F.pad(mask, (rows, 0), value=True)[..., None]
+
+    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, af.Attention)]
 
 
 def max_diff(a: Tensor, b: Tensor) -> float:
@@ -228,7 +259,11 @@ def test_loss_and_gradients(row: Row) -> None:
     loss_theirs.backward()
 
     theirs_grads = {
-        k: (v.grad if isinstance(v, nn.Parameter) and v.grad is not None else torch.zeros_like(v))
+        k: (
+            (v.grad if v.grad is not None else torch.zeros_like(v))
+            if isinstance(v, nn.Parameter)
+            else v  # buffers (rotary frequencies) are no parameters: their values map back
+        )
         for k, v in theirs.state_dict(keep_vars=True).items()
     }
     if row.defect == "glu_bias_kept":  # a parameter only 1.28.2 has
@@ -434,3 +469,35 @@ def test_defect_tied_head_ignores_logits_dim() -> None:
     assert theirs(torch.randint(0, 32, (1, 8))).shape == (1, 8, 32)
     with pytest.raises(ValueError, match="tie_embedding=True needs emb_dim == dim and logits_dim"):
         af.TransformerWrapper(**keywords, attn_layers=af.Decoder(dim=16, depth=1, heads=2))
+
+
+def test_defect_rotary_dim_floor_32() -> None:
+    """1.28.2 built with rotary_emb_dim=16 rotates 32 features: it equals ours built with 32 (the
+    row), not ours built with 16, whose 8 frequencies its 16 cannot load into."""
+    row = _row("rotary_dim_floor_32")
+    ours, theirs = make_pair(row)
+    assert row.keywords("theirs")[0]["rotary_emb_dim"] == 16
+    assert theirs.attn_layers.rotary_pos_emb.inv_freq.shape == (16,)  # 32 rotated features
+    honest = build(af, row, "theirs").eval()  # anyformer with rotary_emb_dim=16
+    assert honest.attn_layers.rotary.dim == 16
+    honest.load_state_dict(ours.state_dict())  # the same weights (rotary has none)
+    inp = make_inputs(row, ours)
+    with torch.no_grad():
+        expected = theirs(inp.x[:, :-1])
+        assert max_diff(ours(inp.x[:, :-1]), expected) <= LOGITS_ATOL
+        assert max_diff(honest(inp.x[:, :-1]), expected) > 1e-3
+    with pytest.raises(ValueError, match="shapes that differ"):
+        load_x_transformers_state_dict(build(af, row, "theirs"), theirs.state_dict())
+
+
+def test_defect_dynamic_bias_cannot_cache() -> None:
+    """1.28.2's cached decoding with dynamic_pos_bias fails (bare AssertionError); ours decodes
+    with and without the cache to 1.28.2's uncached tokens."""
+    for row in [r for r in ROWS if r.defect == "dynamic_bias_cannot_cache"]:
+        ours, theirs = make_pair(row)
+        inp = make_inputs(row, ours)
+        expected = _generate(xt, theirs, row, inp, cache_kv=False)
+        with pytest.raises(AssertionError):
+            _generate(xt, theirs, row, inp, cache_kv=True)
+        assert torch.equal(_generate(af, ours, row, inp, cache_kv=True), expected)
+        assert torch.equal(_generate(af, ours, row, inp, cache_kv=False), expected)

@@ -56,7 +56,8 @@ def build_attn_bias(config: StackConfig) -> nn.Module | None:
     p = config.positions
     if p.alibi_pos_bias:
         heads = config.heads if p.alibi_num_heads is None else p.alibi_num_heads
-        return AlibiPositionalBias(heads, config.heads)
+        kv_heads = config.attention.kv_heads_for(config.heads)
+        return AlibiPositionalBias(heads, config.heads, kv_heads)
     if p.rel_pos_bias:
         return RelativePositionBias(
             config.heads,

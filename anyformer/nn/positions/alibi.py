@@ -5,6 +5,11 @@ the slopes are the geometric sequence ``m_h = 2 ** (-8 h / n)``, h = 1..n; other
 largest power of two below n heads take the n'-head slopes and the others take every second
 slope of the 2n'-head sequence (the paper's recipe). With ``alibi_num_heads < heads`` only the
 first heads are biased (slope 0 for the rest).
+
+With grouped-query attention (``kv_heads`` < heads) anyformer's query head o reads key/value head
+o // (heads // kv_heads), where x-transformers' head t reads head t % kv_heads: head o then takes
+the slope x-transformers gives its head (o % group) * kv_heads + o // group, so that the same
+keywords compute the same function (and checkpoints convert).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ def alibi_slopes(heads: int) -> list[float]:
 class AlibiPositionalBias(nn.Module):
     """(q_pos (b|1, i), k_pos (b|1, j)) -> additive bias (b|1, heads, i, j)."""
 
-    def __init__(self, heads: int, total_heads: int | None = None) -> None:
+    def __init__(
+        self, heads: int, total_heads: int | None = None, kv_heads: int | None = None
+    ) -> None:
         super().__init__()
         total_heads = heads if total_heads is None else total_heads
         if not 1 <= heads <= total_heads:
@@ -40,12 +47,15 @@ class AlibiPositionalBias(nn.Module):
                 f"AlibiPositionalBias: heads must be in [1, total_heads={total_heads}], got {heads}"
             )
         self.heads, self.total_heads = heads, total_heads
+        self.kv_heads = total_heads if kv_heads is None else kv_heads
         self.register_buffer("slopes", torch.empty(total_heads), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Recompute the slopes (a computed buffer: not saved, garbage after to_empty)."""
         values = alibi_slopes(self.heads) + [0.0] * (self.total_heads - self.heads)
+        kv, group = self.kv_heads, self.total_heads // self.kv_heads
+        values = [values[(o % group) * kv + o // group] for o in range(self.total_heads)]
         with torch.no_grad():
             self.slopes.copy_(torch.tensor(values))
 
@@ -54,4 +64,4 @@ class AlibiPositionalBias(nn.Module):
         return -distance.unsqueeze(1).to(self.slopes.dtype) * self.slopes.view(-1, 1, 1)
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, total_heads={self.total_heads}"
+        return f"heads={self.heads}, total_heads={self.total_heads}, kv_heads={self.kv_heads}"
