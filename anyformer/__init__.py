@@ -3,17 +3,32 @@
 __version__ = "0.1.0"
 
 from .cache import KVCache
-from .generation import AutoregressiveWrapper, min_p, top_a, top_k, top_p
+from .generation import (
+    AutoregressiveWrapper,
+    ContinuousAutoregressiveWrapper,
+    XLAutoregressiveWrapper,
+    min_p,
+    top_a,
+    top_k,
+    top_p,
+)
 from .intermediates import Intermediates, LayerIntermediates
 from .nn import Attention, FeedForward
 from .serialization import load_pretrained, save_pretrained
 from .stack import AttentionLayers, CrossAttender, Decoder, Encoder, PrefixDecoder
-from .wrappers import TransformerWrapper, ViTransformerWrapper, XTransformer
+from .wrappers import (
+    ContinuousTransformerWrapper,
+    TransformerWrapper,
+    ViTransformerWrapper,
+    XTransformer,
+)
 
 __all__ = [
     "Attention",
     "AttentionLayers",
     "AutoregressiveWrapper",
+    "ContinuousAutoregressiveWrapper",
+    "ContinuousTransformerWrapper",
     "CrossAttender",
     "Decoder",
     "Encoder",
@@ -24,6 +39,7 @@ __all__ = [
     "PrefixDecoder",
     "TransformerWrapper",
     "ViTransformerWrapper",
+    "XLAutoregressiveWrapper",
     "XTransformer",
     "__version__",
     "load_pretrained",

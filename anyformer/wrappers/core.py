@@ -208,9 +208,7 @@ class StackWrapper(nn.Module):
         layout = None
         if self.memory_tokens is not None:
             h, mask, pos, layout = self._insert_memory(h, mask, pos, cache, kwargs)
-        if mems is not None and self.shift_mem_down:
-            k = self.shift_mem_down
-            mems = [*mems[k:], *mems[:k]]
+        mems = self._shift_mems(mems)
         if mems is not None or mem_masks is not None:
             kwargs.update(mems=mems, mem_masks=mem_masks)
         want = return_hiddens or return_attn
@@ -237,10 +235,19 @@ class StackWrapper(nn.Module):
                 "computes only the new positions: call without a filled cache"
             )
 
+    def _shift_mems(self, mems: list[Tensor] | None) -> list[Tensor] | None:
+        """shift_mem_down = k: layer i reads the memory layer i + k left (the last k layers
+        read the first k memories)."""
+        if mems is None or not self.shift_mem_down:
+            return mems
+        k = self.shift_mem_down
+        return [*mems[k:], *mems[:k]]
+
     def _new_mems(self, inter: LayerIntermediates, mems: list[Tensor] | None) -> list[Tensor]:
-        """Per self-attention execution: (memory +) the segment's hiddens, the last
-        max_mem_len rows (all of them for max_mem_len=0), detached."""
+        """Per self-attention execution: the memory it read + the segment's hiddens (all it
+        attended to), the last max_mem_len rows (all for max_mem_len=0), detached."""
         hiddens = inter.hiddens
+        mems = self._shift_mems(mems)
         if mems is not None:
             hiddens = [torch.cat(pair, dim=-2) for pair in zip(mems, hiddens)]
         keep = self.max_mem_len

@@ -69,9 +69,8 @@ DEFECTS: dict[str, Defect] = {
     ),
     "final_norm_ignored": Defect(
         "pre_norm_has_final_norm=False is ignored: 1.28.2 builds and applies a final LayerNorm "
-        "anyway (still in 2.0, fixed in a later 2.x); its logits are ours with that norm applied to "
-        "the "
-        "last hidden state",
+        "anyway (still so in 2.0, fixed in a later 2.x); its logits are ours with that norm "
+        "applied to the last hidden state",
     ),
     "glu_bias_kept": Defect(
         "ff_no_bias=True keeps the bias of the GLU input projection; 1.28.2's logits are ours "

@@ -1,0 +1,112 @@
+"""ContinuousAutoregressiveWrapper: next-vector prediction with a ContinuousTransformerWrapper
+(mean squared error by default) and autoregressive generation of vectors, KV-cached."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..cache import KVCache
+from ..checks import check_mask
+from .session import eval_mode, warn_once
+
+__all__ = ["ContinuousAutoregressiveWrapper"]
+
+
+class ContinuousAutoregressiveWrapper(nn.Module):
+    """Wraps a causal ContinuousTransformerWrapper whose output width equals its input width."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        ignore_index: int = -100,
+        pad_value: int = 0,
+        loss_fn: nn.Module | None = None,
+    ) -> None:
+        """``loss_fn``: elementwise loss module (reduction='none'); default squared error.
+        ``ignore_index`` / ``pad_value`` are accepted for x-transformers compatibility."""
+        super().__init__()
+        self.net = net
+        self.max_seq_len = getattr(net, "max_seq_len", 0) or 0
+        self.loss_fn = loss_fn if loss_fn is not None else nn.MSELoss(reduction="none")
+        self.ignore_index = ignore_index
+        self.pad_value = pad_value
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, lens: Tensor | None = None, **kwargs: Any
+    ) -> Tensor:
+        """x (b, n + 1, d) -> mean loss of predicting x[:, 1:] from x[:, :-1]; ``mask``
+        ((b, n + 1) or (b, n)) or ``lens`` (b,) pick the positions that count."""
+        if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[1] < 2:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be a (batch, seq_len + 1, dim) tensor, got {got}")
+        if "prepend_embeds" in kwargs:
+            raise ValueError("prepend_embeds is not supported by the continuous loss")
+        b, n = x.shape[0], x.shape[1] - 1
+        if lens is not None:
+            if mask is not None:
+                raise ValueError("pass either mask or lens, not both")
+            mask = torch.arange(n + 1, device=x.device) < lens.to(x.device)[:, None]
+        if mask is not None:
+            if mask.shape[-1] == n + 1:
+                mask = mask[:, :-1]
+            check_mask("mask", mask, (b, n), "batch, seq_len (or seq_len + 1)")
+        inp, target = x[:, :-1], x[:, 1:]
+        out = self.net(inp, mask=mask, **kwargs)
+        loss = self.loss_fn(out, target)
+        if mask is not None:
+            loss = loss[mask]
+        return loss.mean()
+
+    @torch.no_grad()
+    def generate(
+        self, start_tokens: Tensor, seq_len: int, cache_kv: bool = True, **kwargs: Any
+    ) -> Tensor:
+        """Continue `start_tokens` (b, t, d) (or (t, d)) by `seq_len` predicted vectors; returns
+        only the new ones. The model reads at most max_seq_len vectors (a sliding window); the
+        KV cache is used when the whole generation fits in that window."""
+        squeeze = start_tokens.ndim == 2
+        out = start_tokens[None] if squeeze else start_tokens
+        if out.ndim != 3:
+            raise ValueError(
+                f"start_tokens must be (batch, t, dim) or (t, dim), got {tuple(start_tokens.shape)}"
+            )
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        t = out.shape[1]
+        fits = self.max_seq_len == 0 or t + seq_len - 1 <= self.max_seq_len
+        cached = cache_kv and getattr(self.net, "can_cache_kv", False) and fits
+        if cache_kv and not cached:
+            reason = "cannot cache keys/values" if fits else "slides its max_seq_len window"
+            warn_once(
+                f"generate(cache_kv=True): {type(self.net).__name__} {reason}; decoding "
+                "without a cache"
+            )
+        with eval_mode(self.net):
+            new = (
+                self._cached(out, seq_len, kwargs)
+                if cached
+                else self._uncached(out, seq_len, kwargs)
+            )
+        new = torch.cat(new, dim=1)
+        return new[0] if squeeze else new
+
+    def _uncached(self, out: Tensor, seq_len: int, kwargs: dict[str, Any]) -> list[Tensor]:
+        new = []
+        for _ in range(seq_len):
+            window = out[:, -self.max_seq_len :] if self.max_seq_len else out
+            last = self.net(window, **kwargs)[:, -1:]
+            new.append(last)
+            out = torch.cat((out, last), dim=1)
+        return new
+
+    def _cached(self, out: Tensor, seq_len: int, kwargs: dict[str, Any]) -> list[Tensor]:
+        cache = KVCache(capacity=out.shape[1] + seq_len)
+        last = self.net(out, cache=cache, input_not_include_cache=True, **kwargs)[:, -1:]
+        new = [last]
+        for _ in range(seq_len - 1):
+            last = self.net(last, cache=cache, input_not_include_cache=True, **kwargs)[:, -1:]
+            new.append(last)
+        return new
