@@ -187,7 +187,8 @@ def test_preset_fixed_arguments_rejected(build, name):
 # the class that owns them there; they are written out here, not read from anyformer, so a
 # keyword anyformer forgets fails. A keyword that a later issue has not implemented yet must
 # raise NotImplementedError naming it (or a keyword it needs); it must never be an unknown
-# keyword (TypeError) nor be ignored. The test keeps passing as keywords land.
+# keyword (TypeError) nor refuse a usage x-transformers 1.28.2 accepts. The test keeps passing as
+# keywords land; what each keyword does is checked by its feature's own tests.
 
 SEED_KEYWORDS = {
     "TransformerWrapper": (
@@ -360,7 +361,7 @@ SEED_KEYWORDS = {
 # XTransformer's enc_* / dec_* keywords are checked by test_seed_keyword_through_xtransformer.
 
 # How a user switches each keyword on: the keyword with a working value, plus what it needs.
-# Every one of these builds in x-transformers 1.28.2 (test_seed_usages_build_in_x_transformers).
+# Every one of these builds in x-transformers 1.28.2 (test_seed_usages_are_x_transformers_usages).
 SEED_USAGE = {
     "TransformerWrapper": {
         "attn_layers": {},  # given by the base call
