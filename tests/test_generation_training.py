@@ -79,6 +79,18 @@ def test_eval_loss_is_unmasked():
     torch.testing.assert_close(wrapper(x), expected, **TOL)
 
 
+def test_add_attn_z_loss_equals_x_transformers_1_28_2():
+    net = decoder_net(seed=7).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from x_transformers import AutoregressiveWrapper as XAutoregressiveWrapper
+    twin = XAutoregressiveWrapper(x_transformers_twin(net), add_attn_z_loss=True).train()
+    x = tokens(2, 12, 12)
+    loss = AutoregressiveWrapper(net, add_attn_z_loss=True)(x).detach()
+    torch.testing.assert_close(loss, twin(x), **TOL)
+    assert loss.item() > AutoregressiveWrapper(net)(x).item()  # the z-loss is positive
+
+
 # --------------------------------------------------------------------------- lens, prepend, outputs
 
 
@@ -162,7 +174,5 @@ def test_wrapper_option_errors():
         AutoregressiveWrapper(net, mask_prob=1.0)
     with pytest.raises(TypeError, match="mask_prob"):
         AutoregressiveWrapper(net, mask_prob="0.1")
-    with pytest.raises(NotImplementedError, match="z-loss"):
-        AutoregressiveWrapper(net, add_attn_z_loss=True)
     with pytest.raises(TypeError, match="Did you mean 'mask_prob'"):
         AutoregressiveWrapper(net, mask_probs=0.1)

@@ -151,11 +151,12 @@ class CachedStepper(Stepper):
             return
         key_pos = positions(n, n + t, self.lens, self.prompts.device).expand(self.batch, -1)
         query = (n if self.lens is None else self.lens.view(-1, 1)) + t
-        self.cache.restrict_keys(self.num_prepended, key_pos >= query - self.window + 1)
+        self.cache.restrict_keys(self.cache.num_prepended, key_pos >= query - self.window + 1)
 
     def truncate(self, num_new: int) -> None:
         super().truncate(num_new)
-        self.cache.truncate(self.num_prepended + self.prompt_width + num_new)
+        # the cache's own count: prepended embeddings and memory tokens hold columns too
+        self.cache.truncate(self.cache.num_prepended + self.prompt_width + num_new)
 
     def reorder(self, rows: Tensor) -> None:
         super().reorder(rows)
