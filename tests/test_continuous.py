@@ -64,7 +64,7 @@ def test_lens_is_a_mask_of_the_first_lens_positions() -> None:
     assert model(x).shape == (2, 6, 4)
     with pytest.raises(ValueError, match="pass either mask or lens"):
         model(x, lens=lens, mask=mask)
-    with pytest.raises(ValueError, match="with last dimension 3, got shape \(2, 6, 5\)"):
+    with pytest.raises(ValueError, match=r"with last dimension 3, got shape \(2, 6, 5\)"):
         model(torch.randn(2, 6, 5))
 
 
