@@ -99,18 +99,6 @@ class ContinuousTransformerWrapper(StackWrapper):
             else nn.Identity()
         )
 
-    def capabilities(self) -> dict[str, bool]:
-        """What the chosen options allow (SPEC: no silent capability loss)."""
-        stack = self.attn_layers.config
-        attn_configs = [stack.attention] if not stack.only_cross else []
-        if stack.cross_attend:
-            attn_configs.append(stack.cross_attention)
-        return {
-            "fused_attention": all(c.flash for c in attn_configs),
-            "kv_cache": self.can_cache_kv,
-            "kv_cache_beyond_max_seq_len": self.can_cache_kv and not self.has_abs_pos_emb,
-        }
-
     def forward(
         self,
         x: Tensor,

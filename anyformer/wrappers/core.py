@@ -76,6 +76,18 @@ class StackWrapper(nn.Module):
         front: interspersed ones would need a new memory block inside the cache)."""
         return self.attn_layers.can_cache_kv and self.memory_tokens_interspersed_every is None
 
+    def capabilities(self) -> dict[str, Any]:
+        """What the chosen options allow (SPEC: no silent capability loss): whether every
+        attention layer runs the fused kernel, KV caching, and per attention layer its path
+        (``AttentionLayers.attention_paths``). Interspersed memory tokens turn the KV cache off."""
+        paths = self.attn_layers.attention_paths()
+        return {
+            "fused_attention": all(p["path"] == "fused" for p in paths),
+            "kv_cache": self.can_cache_kv,
+            "kv_cache_beyond_max_seq_len": self.can_cache_kv and not self.has_abs_pos_emb,
+            "attention": paths,
+        }
+
     # ------------------------------------------------------------------ forward pieces
 
     @staticmethod

@@ -137,18 +137,6 @@ class TransformerWrapper(StackWrapper):
         if self.config.tie_embedding and not self.config.return_only_embed:
             self.to_logits.weight = self.token_emb.emb.weight
 
-    def capabilities(self) -> dict[str, Any]:
-        """What the chosen options allow (SPEC: no silent capability loss): whether every
-        attention layer runs the fused kernel, KV caching, and per attention layer its path
-        (``AttentionLayers.attention_paths``)."""
-        paths = self.attn_layers.attention_paths()
-        return {
-            "fused_attention": all(p["path"] == "fused" for p in paths),
-            "kv_cache": self.can_cache_kv,
-            "kv_cache_beyond_max_seq_len": self.can_cache_kv and not self.has_abs_pos_emb,
-            "attention": paths,
-        }
-
     def config_dict(self) -> dict[str, Any]:
         """The resolved configuration as a plain dict."""
         return {
