@@ -133,3 +133,30 @@ def test_config_round_trip_and_module_paths() -> None:
     assert XLAutoregressiveWrapper.__module__ == "anyformer.generation.xl_autoregressive"
     with pytest.raises(TypeError, match="Did you mean 'dim_out'"):
         ContinuousTransformerWrapper(max_seq_len=8, dim_outt=3, attn_layers=Decoder(dim=8, depth=1))
+
+
+def test_saved_folders_load_back_with_their_wrappers(tmp_path) -> None:
+    from anyformer import XLAutoregressiveWrapper as XL
+    from anyformer import load_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    model = ContinuousTransformerWrapper(
+        max_seq_len=4,
+        dim_in=3,
+        attn_layers=Decoder(dim=8, depth=1, use_rmsnorm=True, shift_tokens=1),
+    ).eval()
+    save_pretrained(ContinuousAutoregressiveWrapper(model), tmp_path / "cont")
+    loaded = load_pretrained(tmp_path / "cont")
+    assert isinstance(loaded, ContinuousAutoregressiveWrapper)
+    x = torch.randn(1, 3, 3)
+    assert torch.equal(loaded.net(x), model(x))
+    xl = TransformerWrapper(
+        num_tokens=8,
+        max_seq_len=4,
+        max_mem_len=4,
+        num_memory_tokens=2,
+        attn_layers=Decoder(dim=8, depth=1),
+    )
+    save_pretrained(XL(xl), tmp_path / "xl")
+    back = load_pretrained(tmp_path / "xl")
+    assert isinstance(back, XL) and back.net.config == xl.config

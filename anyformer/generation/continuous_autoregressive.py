@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..checks import check_mask
+from ..serialization import register_wrapper_class
 from .session import eval_mode, warn_once
 
 __all__ = ["ContinuousAutoregressiveWrapper"]
@@ -110,3 +111,6 @@ class ContinuousAutoregressiveWrapper(nn.Module):
             last = self.net(last, cache=cache, input_not_include_cache=True, **kwargs)[:, -1:]
             new.append(last)
         return new
+
+
+register_wrapper_class(ContinuousAutoregressiveWrapper, ("ignore_index", "pad_value"))

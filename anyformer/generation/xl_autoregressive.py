@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..checks import check_token_ids
+from ..serialization import register_wrapper_class
 from .filters import resolve_filter, top_k
 from .sampling import Picker, stop_at_eos, trim_after_eos
 from .session import eval_mode
@@ -174,3 +175,6 @@ class _Segments:
 
 def _mem_len(mems: list[Tensor] | None) -> int:
     return 0 if not mems else mems[0].shape[1]
+
+
+register_wrapper_class(XLAutoregressiveWrapper, ("ignore_index", "pad_value"))

@@ -18,6 +18,7 @@ from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
 from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
+from ..serialization import register_model_class
 from ..stack.layers import AttentionLayers
 from .core import StackWrapper
 
@@ -223,3 +224,6 @@ class ContinuousTransformerWrapper(StackWrapper):
                 "of the absolute positional embedding"
             )
         return mask
+
+
+register_model_class(ContinuousTransformerWrapper)  # save_pretrained / load_pretrained folders
