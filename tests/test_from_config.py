@@ -93,6 +93,43 @@ TOKEN_MODELS = {
     "prefix": lambda: TransformerWrapper(
         num_tokens=50, max_seq_len=16, attn_layers=PrefixDecoder(dim=16, depth=1, heads=2)
     ),
+    "structure": lambda: TransformerWrapper(
+        num_tokens=50,
+        max_seq_len=16,
+        num_memory_tokens=2,
+        max_mem_len=8,
+        shift_mem_down=1,
+        attn_layers=Decoder(
+            dim=16,
+            depth=2,
+            heads=2,
+            use_rmsnorm=True,
+            sandwich_norm=True,
+            macaron=True,
+            gate_residual=True,
+            scale_residual=True,
+            shift_tokens=(1, 0, 2, 0, 0, 1),
+            layers_execute_order=(0, 1, 2, 3, 4, 5, 1, 2),
+            layer_dropout=(0.0, 0.1, 0.0, 0.0, 0.2, 0.0),
+        ),
+    ),
+    "resi_dual": lambda: TransformerWrapper(
+        num_tokens=50,
+        max_seq_len=16,
+        num_memory_tokens=1,
+        memory_tokens_interspersed_every=4,
+        attn_layers=Decoder(
+            dim=16,
+            depth=3,
+            heads=2,
+            resi_dual=True,
+            resi_dual_scale=0.5,
+            use_scalenorm=True,
+            custom_layers=("a", "f", "f", "a", "f"),
+            scale_residual_constant=0.5,
+            zero_init_branch_output=True,
+        ),
+    ),
     "cross": lambda: TransformerWrapper(
         num_tokens=50,
         max_seq_len=16,

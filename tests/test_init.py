@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 
-from anyformer import Decoder, Encoder, TransformerWrapper, ViTransformerWrapper, XTransformer
+from anyformer import (
+    ContinuousTransformerWrapper,
+    Decoder,
+    Encoder,
+    TransformerWrapper,
+    ViTransformerWrapper,
+    XTransformer,
+)
 
 BUILDERS = {
     "decoder": lambda: TransformerWrapper(
@@ -70,6 +77,30 @@ BUILDERS = {
             attn_on_attn=True,
             residual_attn=True,
         ),
+    ),
+    "structure": lambda: TransformerWrapper(
+        num_tokens=512,
+        max_seq_len=64,
+        num_memory_tokens=4,
+        attn_layers=Decoder(
+            dim=64,
+            depth=2,
+            heads=4,
+            use_rmsnorm=True,
+            sandwich_norm=True,
+            macaron=True,
+            gate_residual=True,
+            scale_residual=True,
+            shift_tokens=1,
+            zero_init_branch_output=True,
+        ),
+    ),
+    "continuous": lambda: ContinuousTransformerWrapper(
+        max_seq_len=64,
+        dim_in=32,
+        dim_out=16,
+        num_memory_tokens=4,
+        attn_layers=Decoder(dim=64, depth=1, heads=4, use_scalenorm=True, weight_tie_layers=True),
     ),
     "l2norm": lambda: TransformerWrapper(
         num_tokens=512,
