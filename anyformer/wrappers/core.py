@@ -84,7 +84,10 @@ class StackWrapper(nn.Module):
         return {
             "fused_attention": all(p["path"] == "fused" for p in paths),
             "kv_cache": self.can_cache_kv,
-            "kv_cache_beyond_max_seq_len": self.can_cache_kv and not self.has_abs_pos_emb,
+            # a sliding window moves absolute positions, and the memory tokens' distance
+            "kv_cache_beyond_max_seq_len": (
+                self.can_cache_kv and not self.has_abs_pos_emb and not self.num_memory_tokens
+            ),
             "attention": paths,
         }
 
