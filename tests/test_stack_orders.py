@@ -172,3 +172,18 @@ def test_layer_dropout_refuses_a_cache_in_training() -> None:
     stack = Decoder(dim=8, depth=1, heads=2, layer_dropout=0.5).train()
     with pytest.raises(ValueError, match="layer_dropout skips layers while training"):
         stack(torch.randn(1, 3, 8), cache=KVCache())
+
+
+def test_cache_age_computes_only_the_last_rows_of_the_whole_sequence() -> None:
+    torch.manual_seed(0)
+    stack = Decoder(dim=8, depth=2, heads=2, shift_tokens=1).eval()
+    h = torch.randn(2, 6, 8)
+    full = stack(h)
+    _, inter = stack(h[:, :4], return_hiddens=True)  # x-transformers' convention: the cache
+    out = stack(h[:, :5], cache=inter, cache_age=1)  # ... then the whole sequence each call
+    out2 = stack(h, cache=inter, cache_age=1)
+    torch.testing.assert_close(torch.cat((out, out2), dim=1), full[:, 4:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="cache_age needs a cache"):
+        stack(h, cache_age=1)
+    with pytest.raises(ValueError, match=r"cache_age must be an int in \[1, 6\]"):
+        stack(h, cache=KVCache(), cache_age=7)

@@ -35,7 +35,6 @@ LATER_WRAPPER: dict[str, str] = {
 #: Forward keywords of the seed design (wrapper and stack).
 LATER_FORWARD: dict[str, str] = {
     "rotary_pos_emb": POSITIONS,
-    "cache_age": STRUCTURE,
 }
 
 

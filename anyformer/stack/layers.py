@@ -176,6 +176,7 @@ class AttentionLayers(nn.Module):
         self_attn_kv_mask: Tensor | None = None,
         mems: list[Tensor] | None = None,
         mem_masks: list[Tensor] | Tensor | None = None,
+        cache_age: int | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         """x (b, n, dim) -> (b, n, dim); with return_hiddens, also LayerIntermediates.
@@ -183,6 +184,8 @@ class AttentionLayers(nn.Module):
         ``mems``: Transformer-XL memories, one (b, m, dim) hidden per self-attention execution
         (as ``LayerIntermediates.hiddens`` of the previous segment); every query also attends to
         them, as rows before x. ``mem_masks``: their (b, m) key mask (one, or one per layer).
+        ``cache_age`` (with a cache): x holds more rows than the new ones (x-transformers passes
+        the whole sequence); only its last ``cache_age`` rows are computed.
 
         With a ``cache``, x holds only the new positions and ``mask`` only their key mask
         (the cache remembers the rest). ``pos`` (n,) or (b, n): the rows' positions (default:
@@ -195,6 +198,8 @@ class AttentionLayers(nn.Module):
         self._check_kwargs(kwargs)
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
+        if cache_age is not None:
+            x, mask = self._last_rows(x, mask, cache, cache_age)
         b, n = self._check_inputs(x, context, mask, context_mask, attn_mask, cache)
         if mems is not None or mem_masks is not None:
             cache = remember(self, mems, mem_masks, cache, attn_mask, x)
@@ -259,6 +264,20 @@ class AttentionLayers(nn.Module):
             layer_hiddens=run.layer_hiddens,
             cache=cache,
         )
+
+    @staticmethod
+    def _last_rows(
+        x: Tensor, mask: Tensor | None, cache: KVCache | None, cache_age: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """cache_age: keep the last `cache_age` rows of x (and of a mask over all of x)."""
+        n = x.shape[1] if isinstance(x, Tensor) and x.ndim == 3 else 0
+        if cache is None:
+            raise ValueError("cache_age needs a cache (it counts the rows a cached call computes)")
+        if isinstance(cache_age, bool) or not isinstance(cache_age, int) or not 1 <= cache_age <= n:
+            raise ValueError(f"cache_age must be an int in [1, {n}] (the rows of x), got {cache_age!r}")
+        if mask is not None and mask.shape[-1] == n:
+            mask = mask[:, -cache_age:]
+        return x[:, -cache_age:], mask
 
     def _dropped_layers(self, cache: KVCache | None) -> list[bool] | None:
         """Stochastic depth: which executions of the plan skip their layer this forward."""
@@ -355,6 +374,7 @@ class AttentionLayers(nn.Module):
                 "self_attn_kv_mask",
                 "mems",
                 "mem_masks",
+                "cache_age",
             ]
             raise unknown_keyword(owner, next(iter(kwargs)), valid)
 
