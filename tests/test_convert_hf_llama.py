@@ -146,3 +146,13 @@ def test_a_converted_model_saves_and_loads_as_an_anyformer_folder(tmp_path):
         got = loaded(ids, mask=mask)
         assert torch.equal(got, model(ids, mask=mask))
         assert max_diff(got, hf(ids, attention_mask=mask.long()).logits, mask) < TOL
+
+
+def test_partial_rotary_raises_naming_it(tmp_path):
+    hf = tiny()
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["partial_rotary_factor"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedHFModel, match=r"option partial_rotary_factor=0\.5"):
+        from_hf_dir(tmp_path)

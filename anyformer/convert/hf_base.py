@@ -114,9 +114,13 @@ def rope_settings(config: HFConfig, head_dim: int) -> dict[str, Any]:
         theta = config.data.get("rope_theta")
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     partial = scaling.get("partial_rotary_factor", config.data.get("partial_rotary_factor"))
+    if partial not in (None, 1, 1.0):
+        raise config.unsupported(
+            "partial_rotary_factor", partial, "the converted families rotate every head dimension"
+        )
     out = {
         "rotary_pos_emb": True,
-        "rotary_emb_dim": head_dim if partial is None else int(head_dim * partial),
+        "rotary_emb_dim": head_dim,
         "rotary_theta": float(10000.0 if theta is None else theta),
     }
     if rope_type == "linear":  # position interpolation: positions divided by the factor
