@@ -125,3 +125,9 @@ def test_sliding_window_generation_with_memory_tokens_is_cached_only_when_exact(
     prompt = torch.randint(0, 32, (2, 5))
     cached = wrapper.generate(prompt, 12, temperature=0.0)
     assert torch.equal(cached, wrapper.generate(prompt, 12, temperature=0.0, cache_kv=False))
+
+
+def test_left_padding_is_refused_with_memory_tokens() -> None:
+    model = _model(num_memory_tokens=2)
+    with pytest.raises(ValueError, match=r"seq_start_pos .* cannot be combined with memory tokens"):
+        model(torch.randint(0, 32, (2, 5)), seq_start_pos=torch.tensor([0, 2]))

@@ -195,13 +195,11 @@ class StackWrapper(nn.Module):
         if pos is not None:  # memory rows first, then the rows at their positions + m
             head = torch.arange(m, device=pos.device).expand(pos.shape[0], m)
             pos = torch.cat((head, pos + m), dim=1)
-        if "seq_start_pos" in kwargs and kwargs["seq_start_pos"] is not None:
-            if every is not None:
-                raise ValueError(
-                    "seq_start_pos (left padding) cannot be combined with "
-                    "memory_tokens_interspersed_every"
-                )
-            kwargs["seq_start_pos"] = kwargs["seq_start_pos"] + m
+        if kwargs.get("seq_start_pos") is not None:
+            raise ValueError(
+                "seq_start_pos (left padding) cannot be combined with memory tokens (the padding "
+                "would stand between them and the tokens): pad on the right and pass mask"
+            )
         if cache is not None:
             cache.num_prepended += m
         return out, mask, pos, layout
