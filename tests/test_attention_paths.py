@@ -241,3 +241,18 @@ def test_prepended_keys_reopen_rows_that_had_no_key():
     out = prepend_keys(mask, 1, 2, 2, torch.device("cpu"))
     assert out.row_valid is None
     assert torch.equal(out.mask[0, 0], torch.tensor([[True, True, False], [True, False, False]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["qk_norm_dim_scale_gqa", "all"])
+def test_low_precision_autocast_matches_float32(dtype, name):
+    fused, explicit = _pair(FUSED_OPTIONS[name], causal=True)
+    x = torch.randn(2, 6, DIM)
+    with torch.no_grad():
+        reference = fused(x)
+        with torch.autocast("cpu", dtype=dtype):
+            low = fused(x)
+            low_explicit = explicit(x)
+    tol = 0.05 if dtype == torch.bfloat16 else 0.01
+    torch.testing.assert_close(low.float(), reference, atol=tol, rtol=tol)
+    torch.testing.assert_close(low_explicit.float(), reference, atol=tol, rtol=tol)

@@ -132,8 +132,8 @@ class AttentionConfig:
         "https://arxiv.org/abs/2104.09864",
     )  # fmt: skip
     max_attend_past: int | None = option(
-        None, "a query sees no key more than this many positions before it (a mask: still "
-        "quadratic)",
+        None, "self-attention: a query sees no key more than this many positions before it (a "
+        "mask: still quadratic)",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
