@@ -117,7 +117,8 @@ class ViTransformerWrapper(nn.Module):
         return_embeddings: bool = False,
         return_logits_and_embeddings: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """img (b, channels, H, W) -> logits (b, num_classes), or patch embeddings (b, n, dim)."""
+        """img (b, channels, H, W) -> logits (b, num_classes) (without a head: the mean-pooled
+        features (b, dim)), or with return_embeddings the patch embeddings (b, n, dim)."""
         self._check_image(img)
         if return_embeddings and return_logits_and_embeddings:
             raise ValueError(
@@ -131,9 +132,10 @@ class ViTransformerWrapper(nn.Module):
             registers = self.register_tokens.expand(x.shape[0], -1, -1)
             x = torch.cat((x, registers), dim=1)
         embed = self.attn_layers(x)[:, :n]
-        if self.mlp_head is None or return_embeddings:
+        if return_embeddings:
             return embed
-        logits = self.mlp_head(embed.mean(dim=1))
+        pooled = embed.mean(dim=1)  # without a head: the pooled features, as x-transformers
+        logits = pooled if self.mlp_head is None else self.mlp_head(pooled)
         return (logits, embed) if return_logits_and_embeddings else logits
 
     def _check_image(self, img: Tensor) -> None:

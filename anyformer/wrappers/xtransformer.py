@@ -13,6 +13,7 @@ from ..config.stack import stack_keyword_names
 from ..config.vit import XTransformerConfig
 from ..generation.autoregressive import AutoregressiveWrapper
 from ..nn.init import reset_module_tree
+from ..nn.token_dropout import drop_tokens
 from ..stack.layers import Decoder, Encoder
 from .transformer import _WRAPPER_FIELDS, TransformerWrapper
 
@@ -54,18 +55,6 @@ def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
         if required not in wrapper:
             raise TypeError(f"XTransformer: missing required keyword {side + '_' + required!r}")
     return wrapper, stack
-
-
-def _dropout_tokens(enc: Tensor, mask: Tensor | None, prob: float) -> tuple[Tensor, Tensor | None]:
-    """Keep a random subset of round((1 - prob) * n) (at least 1) context tokens per row (Perceiver AR)."""
-    b, n, _ = enc.shape
-    keep = max(1, round(n * (1 - prob)))
-    scores = torch.rand(b, n, device=enc.device)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -1.0)
-    index = scores.topk(keep, dim=-1).indices.sort(dim=-1).values
-    enc = enc.gather(1, index.unsqueeze(-1).expand(-1, -1, enc.shape[-1]))
-    return enc, (None if mask is None else mask.gather(1, index))
 
 
 class XTransformer(nn.Module):
@@ -180,7 +169,7 @@ class XTransformer(nn.Module):
         """Next-token cross-entropy of tgt (b, m) given src (b, n)."""
         enc, mask = self.encode(src, mask, attn_mask, src_prepend_embeds)
         if self.training and self.cross_attn_tokens_dropout > 0:
-            enc, mask = _dropout_tokens(enc, mask, self.cross_attn_tokens_dropout)
+            enc, mask = drop_tokens(enc, mask, self.cross_attn_tokens_dropout)
         return self.decoder(tgt, context=enc, context_mask=mask)
 
     @torch.no_grad()

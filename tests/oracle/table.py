@@ -69,8 +69,9 @@ DEFECTS: dict[str, Defect] = {
     ),
     "final_norm_ignored": Defect(
         "pre_norm_has_final_norm=False is ignored: 1.28.2 builds and applies a final LayerNorm "
-        "anyway (still so in 2.0, fixed in a later 2.x); its logits are ours with that norm "
-        "applied to the last hidden state",
+        "anyway (still in 2.0, fixed in a later 2.x); its logits are ours with that norm applied to "
+        "the "
+        "last hidden state",
     ),
     "glu_bias_kept": Defect(
         "ff_no_bias=True keeps the bias of the GLU input projection; 1.28.2's logits are ours "
@@ -187,14 +188,8 @@ def _rows() -> list[Row]:
         ),
         Row("only-cross", "cross_attender", inputs=dict(context_len=6, context_mask=True)),
         Row("vit", "vit"),
-        Row(
-            "vit-no-head",
-            "vit",
-            wrapper=dict(num_classes=None),
-            xfail="anyformer returns the patch embeddings (b, n, dim) when num_classes=None; "
-            "x-transformers (1.28.2 and 2.x) returns their mean (b, dim): its head is then an "
-            "nn.Identity, so the mean pooling still runs",
-        ),
+        # without a head both return the mean-pooled features (b, dim)
+        Row("vit-no-head", "vit", wrapper=dict(num_classes=None)),
         Row("vit-register-tokens", "vit", wrapper=dict(num_register_tokens=3)),
         Row("vit-post-emb-norm-dropout", "vit", wrapper=dict(post_emb_norm=True, emb_dropout=0.1)),
         Row("xtransformer", "xtransformer", inputs=masked),
