@@ -11,6 +11,7 @@ import x_transformers as xt
 from torch import Tensor, nn
 
 import anyformer as af
+from anyformer.convert import to_x_transformers_state_dict
 from anyformer.generation import session
 
 from .table import ROWS, Row
@@ -124,3 +125,26 @@ def test_interspersed_memory_generation_warns_and_matches(monkeypatch: pytest.Mo
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once: the second call is silent
         wrapper.generate(inp.x[:, :8], 2, temperature=0.0, cache_kv=True)
+
+
+def test_continuous_xl_memories_and_the_1_28_2_memory_defect() -> None:
+    """ContinuousTransformerWrapper with Transformer-XL memories: outputs and first memories
+    equal 1.28.2's. 1.28.2's continuous return_mems then keeps only the new segment's hiddens
+    (its token wrapper keeps memory + segment, as ours do for both): its second memories are
+    the last rows of ours."""
+    torch.manual_seed(0)
+    keywords = dict(max_seq_len=0, dim_in=6, dim_out=6, max_mem_len=10, use_abs_pos_emb=False)
+    stack = dict(dim=16, depth=2, heads=2, attn_dim_head=32, rotary_pos_emb=True)
+    ours = af.ContinuousTransformerWrapper(**keywords, attn_layers=af.Decoder(**stack)).eval()
+    theirs = xt.ContinuousTransformerWrapper(**keywords, attn_layers=xt.Decoder(**stack)).eval()
+    theirs.load_state_dict(to_x_transformers_state_dict(ours))
+    x = torch.randn(2, 12, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out_o, mems_o = ours(x[:, :6], return_mems=True)
+        out_t, mems_t = theirs(x[:, :6], return_mems=True)
+        assert max_diff(out_o, out_t) <= 1e-5 and max_diff(mems_o[1], mems_t[1]) <= 1e-5
+        second_o, new_o = ours(x[:, 6:], mems=mems_o, return_mems=True)
+        second_t, new_t = theirs(x[:, 6:], mems=mems_t, return_mems=True)
+        assert max_diff(second_o, second_t) <= 1e-5
+        assert new_o[0].shape == (2, 10, 16) and new_t[0].shape == (2, 6, 16)
+        assert max_diff(new_o[0][:, -6:], new_t[0]) <= 1e-5
