@@ -705,6 +705,38 @@ def _structure_rows() -> list[Row]:
             inputs=masked,
         ),
         Row("zero-init-branch-output", d, stack=dict(zero_init_branch_output=True)),
+        # --- pre_norm=False with the options it combines with ---------------------------
+        Row(
+            "post-norm-shift-weight-tie",
+            d,
+            stack=dict(pre_norm=False, shift_tokens=1, weight_tie_layers=True, depth=3),
+            defect="shift_tokens_cache",
+        ),
+        Row(
+            "post-norm-scalenorm-layer-orders",
+            e,
+            stack=dict(pre_norm=False, use_scalenorm=True, sandwich_coef=1, scale_residual=True),
+            inputs=masked,
+        ),
+        Row(
+            "post-norm-simple-rmsnorm-par-memory",
+            d,
+            stack=dict(pre_norm=False, use_simple_rmsnorm=True, depth=4, par_ratio=4),
+            wrapper=dict(num_memory_tokens=2, post_emb_norm=True),
+        ),
+        Row(
+            "post-norm-xl-zero-init",
+            "xl",
+            stack=dict(
+                pre_norm=False, zero_init_branch_output=True, rotary_pos_emb=True, attn_dim_head=32
+            ),
+            wrapper=dict(max_seq_len=4, max_mem_len=8),
+        ),
+        Row(
+            "post-norm-continuous-macaron",
+            "continuous",
+            stack=dict(pre_norm=False, macaron=True, gate_residual=True),
+        ),
         # --- layer orders ----------------------------------------------------------------
         Row("custom-layers", d, stack=dict(custom_layers=("a", "f", "f", "a", "a", "f"))),
         Row(
