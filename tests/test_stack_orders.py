@@ -161,6 +161,7 @@ def test_drop_tokens_keeps_order_and_respects_the_mask() -> None:
         (dict(layer_dropout=1.0), r"layer_dropout values must be \[0.0, 1.0\)"),
         (dict(shift_tokens=(1, 2, 3)), "shift_tokens as a tuple needs one value per layer"),
         (dict(cross_attn_tokens_dropout=1.5), r"cross_attn_tokens_dropout must be in \[0, 1\)"),
+        (dict(shift_tokens=8), "splits each input into 9 channel groups, more than dim=8"),
     ],
 )
 def test_refused_layer_orders_name_the_keywords(kwargs: dict, message: str) -> None:

@@ -176,6 +176,13 @@ def check_structure(config: Any) -> None:
     _check_orders(config)
     _check_residuals(config)
     _check_per_layer(config, "shift_tokens", 0, None)
+    widest = max(per_layer(config.shift_tokens, 1))
+    groups = widest + 1 if config.causal else 2 * widest + 1
+    if widest and groups > config.dim:
+        raise ValueError(
+            f"{_OWNER}: shift_tokens={widest} splits each input into {groups} channel groups, "
+            f"more than dim={config.dim} channels"
+        )
     _check_per_layer(config, "layer_dropout", 0.0, 1.0)
     if not 0.0 <= config.cross_attn_tokens_dropout < 1.0:
         raise ValueError(
