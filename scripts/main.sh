@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up the environment, then train a tiny byte-level decoder on the built-in corpus and
-# report validation bits per byte before/after training plus a sample.
-# Arguments are passed through to `python -m anyformer.cli.quickstart` (try --help).
+# Set up the environment (fast when nothing changed), then run the quick start:
+# `anyformer train` with no arguments trains the default byte-level model on the built-in
+# corpus into runs/<timestamp> (runs/latest points at it) and prints validation bits per byte,
+# the run folder and a sample. Arguments are passed on to `anyformer train`
+# (e.g. `bash scripts/main.sh steps=200`, or `bash scripts/main.sh --help`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
-exec .venv/bin/python -m anyformer.cli.quickstart "$@"
+exec .venv/bin/python -m anyformer train "$@"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment .venv in the repository root and install
-# anyformer into it, editable, with its test extras. Safe to run repeatedly: a second run
-# reuses .venv and skips the editable install while pyproject.toml is unchanged.
+# anyformer into it, editable, with its test extras.
+#
+# Fast when nothing changed: a stamp in .venv records what was installed (pyproject.toml,
+# the torch pin, the interpreter); while it matches and anyformer is importable, nothing
+# runs pip. A fresh clone, an edited pyproject.toml or another TORCH_SPEC installs again.
 #
 # torch is installed FIRST and pinned: pip then resolves it to the build for this machine
 # (the CPU build where there is no CUDA), whereas an unpinned torch pulled in through the
@@ -18,7 +21,20 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 VENV="$ROOT/.venv"
 VPY="$VENV/bin/python"
-STAMP="$VENV/.anyformer-installed"
+STAMP="$VENV/.anyformer-setup"
+
+wanted_stamp() {
+    { cat pyproject.toml; echo "$TORCH_SPEC"; "$VPY" -c 'import sys; print(sys.version)'; } | cksum
+}
+
+installed() {
+    "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('anyformer') is None or u.find_spec('torch') is None)" 2>/dev/null
+}
+
+if [ -x "$VPY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(wanted_stamp)" ] && installed; then
+    echo "[setup] .venv is up to date" >&2
+    exit 0
+fi
 
 if [ -x "$VPY" ] && "$VPY" -c "import sys" >/dev/null 2>&1; then
     echo "[setup] reusing $VENV" >&2
@@ -29,19 +45,13 @@ else
     fi
     echo "[setup] creating $VENV" >&2
     "$PYTHON" -m venv --clear "$VENV"
-    rm -f "$STAMP"
 fi
+rm -f "$STAMP"
 
 PIP=("$VPY" -m pip --disable-pip-version-check)
-
 echo "[setup] pip install $TORCH_SPEC" >&2
 "${PIP[@]}" install -q "$TORCH_SPEC"
-
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && "$VPY" -c "import anyformer" >/dev/null 2>&1; then
-    echo "[setup] anyformer already installed (editable)" >&2
-else
-    echo "[setup] pip install -e .[test]" >&2
-    "${PIP[@]}" install -q -e ".[test]"
-    touch "$STAMP"
-fi
+echo "[setup] pip install -e .[test]" >&2
+"${PIP[@]}" install -q -e ".[test]"
+wanted_stamp >"$STAMP"
 echo "[setup] ready: $("$VPY" -c 'import anyformer, torch; print("anyformer", anyformer.__version__, "| torch", torch.__version__)')" >&2

@@ -1,0 +1,77 @@
+"""``anyformer generate DIR``: stream a sample from a saved run or model folder.
+
+The sampling options default to those the run printed its final sample with, so
+``anyformer generate runs/latest`` repeats that sample; the text equals the library's
+``generate`` with the same options and a ``torch.Generator`` seeded with ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .common import load_model, none_or, saved_train_config
+from .config import TrainConfig
+from .errors import CLIError
+from .sampling import SamplingOptions, stream_bytes
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any, formatter: type) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a saved run or model folder",
+        description=(
+            "Stream text generated after --prompt. Options not given default to those of the "
+            "run's final sample (prompt, temperature, seed, and the filters unless one of "
+            "--top-k, --top-p, --min-p is given)."
+        ),
+        formatter_class=formatter,
+    )
+    p.add_argument("dir", metavar="DIR", help="run folder (its newest checkpoint) or model folder")
+    p.add_argument("--prompt", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="bytes to generate")
+    p.add_argument("--temperature", type=float, metavar="T", help="0 is greedy")
+    p.add_argument("--top-k", type=none_or(int), metavar="K", help="keep the K likeliest bytes")
+    p.add_argument("--top-p", type=none_or(float), metavar="P", help="nucleus threshold")
+    p.add_argument("--min-p", type=none_or(float), metavar="P", help="min-p threshold")
+    p.add_argument("--seed", type=int, help="seed of the sampling generator")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    folder, lm = load_model(args.dir, args.device)
+    saved = saved_train_config(folder) or TrainConfig()
+    filters_given = any(arg.split("=")[0] in ("--top-k", "--top-p", "--min-p") for arg in argv)
+    source = args if filters_given else saved  # a filter given replaces the run's set
+    options = SamplingOptions(
+        temperature=_pick(args.temperature, saved.temperature),
+        top_k=source.top_k,
+        top_p=source.top_p,
+        min_p=source.min_p,
+    )
+    prompt = _pick(args.prompt, saved.prompt)
+    n = _pick(args.max_new_tokens, saved.sample_len)
+    if n < 1:
+        raise CLIError(f"--max-new-tokens must be >= 1, got {n}")
+    if options.temperature < 0:
+        raise CLIError(f"--temperature must be >= 0, got {options.temperature}")
+    if not prompt:
+        raise CLIError("--prompt must not be empty")
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    try:
+        stream_bytes(
+            lm, prompt.encode(), n, options, _pick(args.seed, saved.seed),
+            write=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()),
+        )  # fmt: skip
+    except (TypeError, ValueError) as e:  # a filter threshold out of range, say
+        raise CLIError(str(e)) from e
+    sys.stdout.write("\n")
+    return 0
