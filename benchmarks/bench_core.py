@@ -16,6 +16,10 @@ Cases
     gqa-fwd, gqa-gen-b8
             the forward and batch-8 generation cases on the same Decoder with grouped-query
             attention (attn_kv_heads=--kv-heads, default 2 key/value heads for 6 query heads)
+    llama-train, llama-fwd, llama-gen-bN
+            the train, forward and generation cases on a Llama-style Decoder: full rotary
+            positions, RMSNorm, SwiGLU without biases, grouped-query attention (both libraries
+            from the same keywords; x-transformers gets anyformer's weights for the output check)
 
 Run ``python benchmarks/bench_core.py --help`` and see benchmarks/README.md.
 x-transformers is a benchmark-only dependency: ``pip install -e ".[bench]"``.
@@ -237,6 +241,21 @@ class Case:
     decoder_extra: dict | None = None  # a variant of the model, built for this case only
 
 
+def llama_keywords(args) -> dict[str, Any]:
+    """The Llama-style Decoder keywords (on top of the default ones): full rotary positions,
+    RMSNorm, SwiGLU feedforward without biases, grouped-query attention. (x-transformers 1.28.2
+    keeps one bias in its GLU with ff_no_bias=True: a few hundred parameters more.)"""
+    return dict(
+        rotary_pos_emb=True,
+        rotary_emb_dim=args.dim // args.heads,
+        use_rmsnorm=True,
+        ff_glu=True,
+        ff_swish=True,
+        ff_no_bias=True,
+        attn_kv_heads=args.kv_heads,
+    )
+
+
 def make_cases(args) -> list[Case]:
     cases = [
         Case(
@@ -278,6 +297,33 @@ def make_cases(args) -> list[Case]:
             gqa,
         ),
     ]
+    llama = llama_keywords(args)
+    cases += [
+        Case(
+            "llama-train",
+            f"Llama-style train step b={args.train_batch} n={args.train_seq}",
+            case_train,
+            args.train_batch * args.train_seq,
+            llama,
+        ),
+        Case(
+            "llama-fwd",
+            f"Llama-style forward b={args.fwd_batch} n={args.fwd_seq}",
+            case_fwd,
+            args.fwd_batch * args.fwd_seq,
+            llama,
+        ),
+    ]
+    for b in args.gen_batches:
+        cases.append(
+            Case(
+                f"llama-gen-b{b}",
+                f"Llama-style cached generate b={b} prompt={args.prompt_len} new={args.gen_len}",
+                make_case_gen(b),
+                b * args.gen_len,
+                llama,
+            )
+        )
     wanted = set(args.cases) if args.cases else None
     if wanted is not None:
         unknown = wanted - {c.name for c in cases}
@@ -347,6 +393,26 @@ def check_equivalence(models: dict[str, Any], args, device) -> dict[str, Any]:
         info["outputs"] = "not compared (weights differ)"
         return info
 
+    info.update(compare_outputs(a, x, args, device))
+    return info
+
+
+def check_variant(models: dict[str, Any], args, device) -> dict[str, Any]:
+    """A case's model variant (e.g. Llama-style): x-transformers gets anyformer's weights through
+    anyformer.convert (exact, including head orders and fused projections), then the outputs
+    are compared as for the default model."""
+    from anyformer.convert import to_x_transformers_state_dict
+
+    a, x = models[ANY], models[XT]
+    with torch.no_grad():
+        x.net.load_state_dict(to_x_transformers_state_dict(a.net))
+    return compare_outputs(a, x, args, device)
+
+
+def compare_outputs(a, x, args, device) -> dict[str, Any]:
+    """Largest forward-logit difference and greedy-token agreement of two AutoregressiveWrappers."""
+    models = {ANY: a, XT: x}
+    info: dict[str, Any] = {}
     g = torch.Generator().manual_seed(args.seed + 4)
     toks = torch.randint(0, args.num_tokens, (2, 64), generator=g).to(device)
     was = {k: m.training for k, m in models.items()}
@@ -397,7 +463,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--impls", nargs="+", default=list(ALL_IMPLS), choices=list(ALL_IMPLS),
                    help="implementations to run (the ratio needs both)")  # fmt: skip
     p.add_argument("--cases", nargs="+", default=None,
-                   help="subset of cases to run: train fwd gen-b1 gen-b8 gqa-fwd gqa-gen-b8")  # fmt: skip
+                   help="subset of cases to run: train fwd gen-b1 gen-b8 gqa-fwd gqa-gen-b8 "
+                        "llama-train llama-fwd llama-gen-b1 llama-gen-b8")  # fmt: skip
     p.add_argument("--gen-batches", type=int, nargs="+", default=None,
                    help="batch sizes for the generation case (default 1 8, --quick 1)")  # fmt: skip
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
@@ -562,6 +629,14 @@ def main(argv=None) -> int:
                     case_models[name] = build(impl, args, device, case.decoder_extra)
                 except Exception:
                     record_error(name, f"build for case {case.name}")
+            key = repr(sorted(case.decoder_extra.items()))
+            if args.check and len(case_models) == 2 and key not in checks:
+                try:
+                    checks[key] = check_variant(case_models, args, device)
+                    found = ", ".join(f"{k}={v}" for k, v in checks[key].items())
+                    print(f"  check {case.name}: {found}", flush=True)
+                except Exception:
+                    record_error(ANY, f"equivalence check for case {case.name}")
         for name, model in case_models.items():
             try:
                 step = case.setup(model, args, device)

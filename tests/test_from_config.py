@@ -130,6 +130,47 @@ TOKEN_MODELS = {
             zero_init_branch_output=True,
         ),
     ),
+    "rotary": lambda: TransformerWrapper(
+        num_tokens=50,
+        max_seq_len=16,
+        attn_layers=Decoder(
+            dim=16,
+            depth=2,
+            heads=2,
+            attn_dim_head=8,
+            rotary_xpos=True,
+            rotary_emb_dim=4,
+            rotary_xpos_scale_base=64,
+            rotary_interpolation_factor=2.0,
+            rotary_base_rescale_factor=2.0,
+            rotary_theta=500.0,
+            attn_rotary_embed_values=True,
+            rel_pos_bias=True,
+            rel_pos_num_buckets=8,
+            rel_pos_max_distance=16,
+            disable_abs_pos_emb=False,
+        ),
+    ),
+    "alibi": lambda: TransformerWrapper(
+        num_tokens=50,
+        max_seq_len=0,
+        attn_layers=Decoder(
+            dim=16, depth=1, heads=4, attn_kv_heads=2, alibi_pos_bias=True, alibi_num_heads=3
+        ),
+    ),
+    "dynamic_bias": lambda: TransformerWrapper(
+        num_tokens=50,
+        max_seq_len=16,
+        attn_layers=Encoder(
+            dim=16,
+            depth=1,
+            heads=2,
+            dynamic_pos_bias=True,
+            dynamic_pos_bias_log_distance=True,
+            dynamic_pos_bias_mlp_depth=3,
+            dynamic_pos_bias_norm=True,
+        ),
+    ),
     "cross": lambda: TransformerWrapper(
         num_tokens=50,
         max_seq_len=16,

@@ -95,6 +95,23 @@ BUILDERS = {
             zero_init_branch_output=True,
         ),
     ),
+    "positions": lambda: TransformerWrapper(
+        num_tokens=512,
+        max_seq_len=64,
+        attn_layers=Decoder(dim=64, depth=2, heads=4, rotary_xpos=True, rel_pos_bias=True),
+    ),
+    "alibi": lambda: TransformerWrapper(
+        num_tokens=512,
+        max_seq_len=0,
+        attn_layers=Decoder(dim=64, depth=1, heads=6, attn_kv_heads=2, alibi_pos_bias=True),
+    ),
+    "dynamic_bias": lambda: TransformerWrapper(
+        num_tokens=512,
+        max_seq_len=64,
+        attn_layers=Encoder(
+            dim=64, depth=1, heads=4, dynamic_pos_bias=True, dynamic_pos_bias_norm=True
+        ),
+    ),
     "continuous": lambda: ContinuousTransformerWrapper(
         max_seq_len=64,
         dim_in=32,
