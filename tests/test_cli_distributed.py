@@ -1,4 +1,5 @@
-"""torchrun on CPU (gloo): two processes train what one process trains with the same global batch."""
+"""torchrun on CPU (gloo): two processes (DDP or FSDP2) train what one process trains with the same
+global batch."""
 
 from __future__ import annotations
 
@@ -30,17 +31,20 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     proc = torchrun("train", *ARGS, "--out", str(root / "two"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    fsdp = torchrun("train", *ARGS, "fsdp=true", "--quiet", "--out", str(root / "fsdp"))
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     assert main(["train", *ARGS, "--quiet", "--out", str(root / "one")]) == 0
     return root, proc
 
 
-def test_two_processes_equal_one_after_a_step(runs):
+@pytest.mark.parametrize("name", ["two", "fsdp"])
+def test_two_processes_equal_one_after_a_step(runs, name):
     root, _ = runs
     one = load_file(root / "one" / "checkpoints" / "step_0000001" / "model.safetensors")
-    two = load_file(root / "two" / "checkpoints" / "step_0000001" / "model.safetensors")
+    two = load_file(root / name / "checkpoints" / "step_0000001" / "model.safetensors")
     assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5, rtol=0), name
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=0), key
     # the step moved every matrix by about lr = 3e-3 (AdamW's first step), far above 1e-5
     torch.manual_seed(0)
     layer = resolve_layers("tiny", None, [], {})
@@ -63,7 +67,7 @@ def test_same_losses_and_one_writer(runs):
         key = "loss" if a["event"] == "train" else "val_loss"
         assert a[key] == pytest.approx(b[key], abs=1e-5)
     assert sorted(p.name for p in (root / "two" / "checkpoints").iterdir()) == ["step_0000001"]
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "one", "two"]
+    assert sorted(p.name for p in root.iterdir()) == ["fsdp", "latest", "one", "two"]
     run = json.loads((root / "two" / "run.json").read_text())
     assert run["world"] == 2
     assert proc.stdout.count("run folder:") == 2  # start and end, printed once (rank 0)
