@@ -38,14 +38,14 @@ def test_rotation_is_the_published_formula_with_the_rest_unchanged():
     torch.manual_seed(0)
     t = torch.randn(5, 12)
     positions = [0, 1, 7, 300, 2000]  # 2000 lies beyond the initial table: it grows
-    module = RotaryEmbedding(8, theta=10000.0).double()
+    module = RotaryEmbedding(8, head_dim=12, theta=10000.0).double()
     module.reset_parameters()
     got = _rotate(module, t.double(), torch.tensor(positions))
     expected = _rotate_float64(t, positions, 8, 10000.0)
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
     assert torch.equal(got[:, 8:], t[:, 8:].double())  # partial rotary: 8.. pass unchanged
     # float32 (the default): the angle p * inv_freq carries a relative error of 2^-24
-    got32 = _rotate(RotaryEmbedding(8), t, torch.tensor(positions))
+    got32 = _rotate(RotaryEmbedding(8, head_dim=12), t, torch.tensor(positions))
     torch.testing.assert_close(got32.double(), expected, atol=2000 * 2**-24 * 4, rtol=0)
 
 
@@ -83,8 +83,8 @@ def test_xpos_scales_queries_and_keys_reciprocally():
     for q_pos, k_pos in ((9, 3), (40, 40), (5, 30)):
         positions = torch.tensor([[q_pos, k_pos]])
         rot = module.angles(positions)  # centre (max + 1) // 2 of these positions
-        rq = apply_rotary(q, rot.q_cos[..., :1, :], rot.q_sin[..., :1, :])
-        rk = apply_rotary(k, rot.k_cos[..., 1:, :], rot.k_sin[..., 1:, :])
+        rq = apply_rotary(q, rot.q_cos[..., :1, :], rot.q_sin[..., :1, :], r)
+        rk = apply_rotary(k, rot.k_cos[..., 1:, :], rot.k_sin[..., 1:, :], r)
         pq, _ = plain(q, q, torch.tensor([[q_pos]]))
         pk, _ = plain(k, k, torch.tensor([[k_pos]]))
         zeta = [(2 * i + 0.4 * r) / (1.4 * r) for i in range(r // 2)] * 2
@@ -95,7 +95,7 @@ def test_xpos_scales_queries_and_keys_reciprocally():
         assert (rq * rk).sum().item() == pytest.approx(expected.item(), rel=1e-9)
     # the scales themselves: q's is the reciprocal of k's at the same position
     rot = module.angles(torch.tensor([[3, 11]]))
-    product = (rot.q_cos**2 + rot.q_sin**2) * (rot.k_cos**2 + rot.k_sin**2)
+    product = (rot.q_cos**2 + rot.q_sin**2) * (rot.k_cos**2 + rot.k_sin**2)  # scale^2 / scale^2
     torch.testing.assert_close(product, torch.ones_like(product), atol=1e-12, rtol=0)
 
 
@@ -136,7 +136,8 @@ def test_table_grows_in_place_of_the_same_buffers():
     assert sorted(n for n, _ in module.named_buffers()) == names
     expected = torch.tensor([[math.cos(p * 10000 ** (-2 * i / 8)) for i in range(4)]
                              for p in range(first + 5, first + 8)])  # fmt: skip
-    torch.testing.assert_close(cos.double(), expected.double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(cos[:, :4].double(), expected.double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(cos[:, 4:].double(), expected.double(), atol=1e-4, rtol=0)
 
 
 def test_stack_builds_one_rotary_module_shared_by_its_self_attention():
@@ -162,5 +163,10 @@ def test_meta_device_build_recomputes_the_tables():
     zeta = torch.tensor([(2 * i + 3.2) / 11.2 for i in range(4)], dtype=torch.double)
     torch.testing.assert_close(rotary.xpos_zeta.double(), zeta, atol=0, rtol=1e-6)
     p = torch.arange(rotary.cos_table.shape[0], dtype=torch.double)[:, None]
-    torch.testing.assert_close(rotary.cos_table.double(), (p * inv_freq).cos(), atol=1e-4, rtol=0)
-    torch.testing.assert_close(rotary.sin_table.double(), (p * inv_freq).sin(), atol=1e-4, rtol=0)
+    cos, sin = (p * inv_freq).cos(), (p * inv_freq).sin()
+    torch.testing.assert_close(
+        rotary.cos_table.double(), torch.cat((cos, cos), -1), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        rotary.sin_table.double(), torch.cat((-sin, sin), -1), atol=1e-4, rtol=0
+    )

@@ -44,6 +44,7 @@ def build_rotary(config: StackConfig) -> RotaryEmbedding | None:
         return None
     return RotaryEmbedding(
         p.rotary_dim(config.attention.dim_head),
+        head_dim=config.attention.dim_head,
         theta=p.rotary_theta,
         interpolation_factor=p.rotary_interpolation_factor,
         base_rescale_factor=p.rotary_base_rescale_factor,

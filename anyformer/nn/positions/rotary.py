@@ -14,9 +14,11 @@ between the two tokens. The pairs are (i, i + r/2) over the first ``r`` features
   ``zeta ** ((p - c) / scale_base)`` and keys by its inverse, so q . k decays with distance; ``c``
   is a centre that cancels in every product (kept fixed for a whole cached decode).
 
-The cos/sin table is a non-persistent buffer covering positions [0, len), grown (doubled) when a
-longer sequence arrives; consecutive positions are a slice of it. Per-row positions are
-computed directly (the same arithmetic, so the same values).
+The rotation is applied as ``t * C + swap(t) * S`` with full-width factors (C = [cos, cos, 1...],
+S = [-sin, sin, 0...], swap exchanging the two rotated halves): three kernels per tensor. The
+factor table is a non-persistent buffer covering positions [0, len), grown (doubled) when a
+longer sequence arrives; consecutive positions are a slice of it. Per-row positions are computed
+directly (the same arithmetic, so the same values).
 """
 
 from __future__ import annotations
@@ -35,24 +37,34 @@ INITIAL_TABLE_LEN = 1024
 
 @dataclass(frozen=True)
 class RotaryAngles:
-    """cos/sin of the rotation of the rows computed now, (b|1, 1, n, r/2) each, for queries and
-    keys (they differ only with xPos, whose scales are folded in)."""
+    """The rotation of the rows computed now: full-width factors (b|1, 1, n, dim_head) for
+    queries and keys (they differ only with xPos, whose scales are folded in), and the number of
+    rotated features."""
 
     q_cos: Tensor
     q_sin: Tensor
     k_cos: Tensor
     k_sin: Tensor
+    rot_dim: int
 
 
-def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the pairs (i, i + r/2) of the first r = 2 * cos.shape[-1] features of t (..., n, d)."""
-    half = cos.shape[-1]
-    x1, x2 = t[..., :half], t[..., half : 2 * half]
-    cos, sin = cos.to(t.dtype), sin.to(t.dtype)
-    parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
-    if 2 * half < t.shape[-1]:
-        parts.append(t[..., 2 * half :])
-    return torch.cat(parts, dim=-1)
+def _full_width(cos: Tensor, sin: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """(..., r/2) cos/sin -> the full-width factors [cos, cos, 1...] and [-sin, sin, 0...]."""
+    rest = head_dim - 2 * cos.shape[-1]
+    ones = cos.new_ones(*cos.shape[:-1], rest)
+    return torch.cat((cos, cos, ones), -1), torch.cat((-sin, sin, ones * 0), -1)
+
+
+def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, rot_dim: int) -> Tensor:
+    """Rotate the pairs (i, i + r/2) of the first r = rot_dim features of t (..., n, d), given the
+    full-width factors (..., n, d) of ``_full_width``: t * cos + swap(t) * sin."""
+    half = rot_dim // 2
+    if cos.dtype != t.dtype:
+        cos, sin = cos.to(t.dtype), sin.to(t.dtype)
+    parts = (t[..., half:rot_dim], t[..., :half])
+    if rot_dim < t.shape[-1]:
+        parts = (*parts, t[..., rot_dim:])
+    return torch.addcmul(t * cos, torch.cat(parts, dim=-1), sin)
 
 
 class RotaryEmbedding(nn.Module):
@@ -62,6 +74,7 @@ class RotaryEmbedding(nn.Module):
         self,
         dim: int,
         *,
+        head_dim: int | None = None,
         theta: float = 10000.0,
         interpolation_factor: float = 1.0,
         base_rescale_factor: float = 1.0,
@@ -70,17 +83,22 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if dim < 2 or dim % 2:
             raise ValueError(f"RotaryEmbedding: dim must be an even int >= 2, got {dim}")
+        head_dim = dim if head_dim is None else head_dim
+        if head_dim < dim:
+            raise ValueError(f"RotaryEmbedding: head_dim ({head_dim}) must be >= dim ({dim})")
         if base_rescale_factor != 1.0 and dim <= 2:
             raise ValueError("RotaryEmbedding: base_rescale_factor needs dim > 2")
         self.dim = dim
+        self.head_dim = head_dim
         self.theta = theta
         self.interpolation_factor = interpolation_factor
         self.base_rescale_factor = base_rescale_factor
         self.xpos_scale_base = xpos_scale_base
         half = dim // 2
         self.register_buffer("inv_freq", torch.empty(half), persistent=False)
-        self.register_buffer("cos_table", torch.empty(INITIAL_TABLE_LEN, half), persistent=False)
-        self.register_buffer("sin_table", torch.empty(INITIAL_TABLE_LEN, half), persistent=False)
+        table = (INITIAL_TABLE_LEN, head_dim)  # full-width factors per position
+        self.register_buffer("cos_table", torch.empty(table), persistent=False)
+        self.register_buffer("sin_table", torch.empty(table), persistent=False)
         self.xpos_zeta: Tensor | None
         if xpos_scale_base is None:
             self.xpos_zeta = None
@@ -119,11 +137,12 @@ class RotaryEmbedding(nn.Module):
     def _fill_table(self, length: int) -> None:
         positions = torch.arange(length, device=self.inv_freq.device)
         angles = self._angles(positions)
-        self.cos_table = angles.cos().to(self.cos_table.dtype)
-        self.sin_table = angles.sin().to(self.sin_table.dtype)
+        cos, sin = _full_width(angles.cos(), angles.sin(), self.head_dim)
+        self.cos_table = cos.to(self.cos_table.dtype)
+        self.sin_table = sin.to(self.sin_table.dtype)
 
     def _table(self, start: int, n: int) -> tuple[Tensor, Tensor]:
-        """cos/sin of positions start .. start + n - 1, (n, r/2), growing the table if needed."""
+        """Factors of positions start .. start + n - 1, (n, dim_head), growing the table if needed."""
         end = start + n
         if end > self.cos_table.shape[0]:
             with torch.no_grad():
@@ -141,11 +160,13 @@ class RotaryEmbedding(nn.Module):
             cos, sin = cos[None, None], sin[None, None]
         else:
             angles = self._angles(positions).unsqueeze(1)  # (b|1, 1, n, r/2)
-            cos, sin = angles.cos(), angles.sin()
+            cos, sin = _full_width(angles.cos(), angles.sin(), self.head_dim)
         if self.xpos_zeta is None:
-            return RotaryAngles(cos, sin, cos, sin)
+            return RotaryAngles(cos, sin, cos, sin, self.dim)
         q_scale, k_scale = self._xpos_scales(positions, offset, cache)
-        return RotaryAngles(cos * q_scale, sin * q_scale, cos * k_scale, sin * k_scale)
+        q_scale, _ = _full_width(q_scale, q_scale, self.head_dim)
+        k_scale, _ = _full_width(k_scale, k_scale, self.head_dim)
+        return RotaryAngles(cos * q_scale, sin * q_scale, cos * k_scale, sin * k_scale, self.dim)
 
     def _xpos_scales(
         self, positions: Tensor, offset: int | None, cache: Any
@@ -170,16 +191,19 @@ class RotaryEmbedding(nn.Module):
         """Rotate q (b, h, n, d) and k (b, h_kv, n, d) to their positions: a (b|1, n) tensor, or
         the angles the stack computed once for all its layers."""
         rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
-        return apply_rotary(q, rot.q_cos, rot.q_sin), apply_rotary(k, rot.k_cos, rot.k_sin)
+        return (
+            apply_rotary(q, rot.q_cos, rot.q_sin, rot.rot_dim),
+            apply_rotary(k, rot.k_cos, rot.k_sin, rot.rot_dim),
+        )
 
     def rotate_values(self, v: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
         """Rotate values as keys (``rotary_embed_values``)."""
         rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
-        return apply_rotary(v, rot.k_cos, rot.k_sin)
+        return apply_rotary(v, rot.k_cos, rot.k_sin, rot.rot_dim)
 
     def extra_repr(self) -> str:
         extra = f", xpos_scale_base={self.xpos_scale_base}" if self.xpos_zeta is not None else ""
         return (
-            f"dim={self.dim}, theta={self.theta}, interpolation_factor={self.interpolation_factor}"
+            f"dim={self.dim}, head_dim={self.head_dim}, theta={self.theta}, interpolation_factor={self.interpolation_factor}"
             f", base_rescale_factor={self.base_rescale_factor}{extra}"
         )
