@@ -156,3 +156,15 @@ def test_absolute_positions_past_max_seq_len_fall_back_to_recomputation_or_raise
     model(_tokens(1, 16), cache=cache)
     with pytest.raises(ValueError, match="exceeds max_seq_len=16 of the absolute positional"):
         model(_tokens(1, 1), cache=cache, input_not_include_cache=True)
+
+
+@pytest.mark.parametrize("name", ["xpos", "alibi", "t5"])
+def test_bfloat16_autocast_agrees_with_float32(name):
+    model = _model(SCHEMES[name], gain=1.0)
+    x = _tokens(2, 12)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)
