@@ -155,10 +155,21 @@ class AutoregressiveWrapper(nn.Module):
         Other keywords (context, context_mask, prepend_embeds, ...) go to every model each step.
         """
         session, squeeze = self._session(
-            prompts, seq_len, temperature, prompt_lens, filter_logits_fn, restrict_to_max_seq_len,
-            amateur_model, filter_kwargs, contrastive_decode_kwargs, cache_kv, draft_model,
-            draft_tokens, generator, kwargs,
-        )  # fmt: skip
+            prompts,
+            seq_len,
+            kwargs,
+            temperature=temperature,
+            prompt_lens=prompt_lens,
+            filter_logits_fn=filter_logits_fn,
+            restrict=restrict_to_max_seq_len,
+            amateur_model=amateur_model,
+            filter_kwargs=filter_kwargs,
+            contrastive_decode_kwargs=contrastive_decode_kwargs,
+            cache_kv=cache_kv,
+            draft_model=draft_model,
+            draft_tokens=draft_tokens,
+            generator=generator,
+        )
         with eval_mode(*session.models):
             steps = list(stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=8))
         out = trim_after_eos(torch.stack(steps, dim=1), eos_token)
@@ -188,10 +199,21 @@ class AutoregressiveWrapper(nn.Module):
         soon as they are made. It stops after the step where every row has emitted ``eos_token``;
         the next step is computed only when the consumer asks for it."""
         session, squeeze = self._session(
-            prompts, seq_len, temperature, prompt_lens, filter_logits_fn, restrict_to_max_seq_len,
-            amateur_model, filter_kwargs, contrastive_decode_kwargs, cache_kv, draft_model,
-            draft_tokens, generator, kwargs,
-        )  # fmt: skip
+            prompts,
+            seq_len,
+            kwargs,
+            temperature=temperature,
+            prompt_lens=prompt_lens,
+            filter_logits_fn=filter_logits_fn,
+            restrict=restrict_to_max_seq_len,
+            amateur_model=amateur_model,
+            filter_kwargs=filter_kwargs,
+            contrastive_decode_kwargs=contrastive_decode_kwargs,
+            cache_kv=cache_kv,
+            draft_model=draft_model,
+            draft_tokens=draft_tokens,
+            generator=generator,
+        )
         with eval_mode(*session.models):
             for token in stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=1):
                 yield token[0] if squeeze else token
@@ -230,10 +252,18 @@ class AutoregressiveWrapper(nn.Module):
         if stochastic and temperature <= 0:
             raise ValueError(f"stochastic beam search needs temperature > 0, got {temperature}")
         session, squeeze = self._session(
-            prompts, seq_len, temperature if stochastic else 1.0, prompt_lens, filter_logits_fn,
-            restrict_to_max_seq_len, None, filter_kwargs, None, cache_kv, None, 1, generator,
-            kwargs, default_filter=None,
-        )  # fmt: skip
+            prompts,
+            seq_len,
+            kwargs,
+            temperature=temperature if stochastic else 1.0,
+            prompt_lens=prompt_lens,
+            filter_logits_fn=filter_logits_fn,
+            restrict=restrict_to_max_seq_len,
+            filter_kwargs=filter_kwargs,
+            cache_kv=cache_kv,
+            generator=generator,
+            default_filter=None,
+        )
         with eval_mode(*session.models):
             result = beam_search(
                 session.expert, seq_len, beams, session.pick, stochastic, eos_token,
@@ -249,18 +279,19 @@ class AutoregressiveWrapper(nn.Module):
         self,
         prompts: Tensor | Sequence[Tensor],
         seq_len: int,
+        kwargs: dict[str, Any],
+        *,
         temperature: float,
         prompt_lens: Tensor | None,
         filter_logits_fn: str | Callable[..., Tensor] | None,
         restrict: bool,
-        amateur_model: nn.Module | Sequence[nn.Module] | None,
         filter_kwargs: dict[str, Any] | None,
-        contrastive_decode_kwargs: Any,
         cache_kv: bool,
-        draft_model: nn.Module | None,
-        draft_tokens: int,
         generator: torch.Generator | None,
-        kwargs: dict[str, Any],
+        amateur_model: nn.Module | Sequence[nn.Module] | None = None,
+        contrastive_decode_kwargs: Any = None,
+        draft_model: nn.Module | None = None,
+        draft_tokens: int = 4,
         default_filter: Callable[..., Tensor] | None = top_k,
     ) -> tuple[Session, bool]:
         """Check the arguments shared by every decoding mode and build the session."""
