@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -105,7 +106,8 @@ def _format_time(seconds: float) -> str:
 def _new_run_dir(out: str | None) -> Path:
     if out is not None:
         path = Path(out)
-        if (path / RUN_FILE).exists():
+        # under torchrun only rank 0 checks: it may already have started writing there
+        if (path / RUN_FILE).exists() and os.environ.get("RANK", "0") == "0":
             raise CLIError(f"{out!r} already holds a run: resume it with --resume {out}")
         return path
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
