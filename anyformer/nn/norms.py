@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config.norm import NormConfig
@@ -22,8 +21,7 @@ def rms_normalize(x: Tensor, eps: float) -> Tensor:
     """x / sqrt(mean(x^2) + eps) over the last dim, computed in float32 at least."""
     dtype = x.dtype
     x32 = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-    # F.rms_norm is this formula in one fused kernel (7x faster on (8, 512, 384) on CPU)
-    return F.rms_norm(x32, x32.shape[-1:], eps=eps).to(dtype)
+    return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(dtype)
 
 
 class RMSNorm(nn.Module):
