@@ -3,6 +3,8 @@ of the token positions; cached decoding equals uncached."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -112,18 +114,14 @@ def test_interspersed_memory_refusals() -> None:
         model(torch.randint(0, 32, (1, 1)), cache=cache, input_not_include_cache=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate decides on caching past max_seq_len from has_abs_pos_emb only; with memory "
-    "tokens the sliding window also moves the memory rows (capabilities() says "
-    "kv_cache_beyond_max_seq_len=False): generation.session.resolve_cache should read it",
-)
 def test_sliding_window_generation_with_memory_tokens_is_cached_only_when_exact() -> None:
     model = _model(num_memory_tokens=2, max_seq_len=8, use_abs_pos_emb=False)
     assert model.capabilities()["kv_cache_beyond_max_seq_len"] is False
     wrapper = AutoregressiveWrapper(model)
     prompt = torch.randint(0, 32, (2, 5))
-    cached = wrapper.generate(prompt, 12, temperature=0.0)
+    with warnings.catch_warnings():  # warned once per process: "decoding without a cache"
+        warnings.simplefilter("ignore")
+        cached = wrapper.generate(prompt, 12, temperature=0.0)
     assert torch.equal(cached, wrapper.generate(prompt, 12, temperature=0.0, cache_kv=False))
 
 

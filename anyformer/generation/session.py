@@ -51,15 +51,14 @@ def resolve_cache(net: nn.Module, cache_kv: bool, total: int, restrict: bool) ->
         )
         return False
     window = model_window(net, restrict)
-    if (
-        cache_kv
-        and window is not None
-        and total > window
-        and getattr(net, "has_abs_pos_emb", False)
-    ):
+    beyond = getattr(
+        net, "can_cache_beyond_max_seq_len", not getattr(net, "has_abs_pos_emb", False)
+    )
+    if cache_kv and window is not None and total > window and not beyond:
         warn_once(
-            "generate(cache_kv=True): prompt + seq_len exceeds max_seq_len with absolute positional "
-            "embeddings, so the window slides and positions shift; decoding without a cache"
+            "generate(cache_kv=True): prompt + seq_len exceeds max_seq_len, and with absolute "
+            "positional embeddings or memory tokens a sliding window changes what earlier "
+            "positions computed; decoding without a cache"
         )
         return False
     return cache_kv

@@ -76,6 +76,12 @@ class StackWrapper(nn.Module):
         front: interspersed ones would need a new memory block inside the cache)."""
         return self.attn_layers.can_cache_kv and self.memory_tokens_interspersed_every is None
 
+    @property
+    def can_cache_beyond_max_seq_len(self) -> bool:
+        """Whether cached decoding stays exact when generation slides past max_seq_len: not
+        with absolute positions (they shift) nor memory tokens (the window moves them)."""
+        return self.can_cache_kv and not self.has_abs_pos_emb and not self.num_memory_tokens
+
     def capabilities(self) -> dict[str, Any]:
         """What the chosen options allow (SPEC: no silent capability loss): whether every
         attention layer runs the fused kernel, KV caching, and per attention layer its path
@@ -85,9 +91,7 @@ class StackWrapper(nn.Module):
             "fused_attention": all(p["path"] == "fused" for p in paths),
             "kv_cache": self.can_cache_kv,
             # a sliding window moves absolute positions, and the memory tokens' distance
-            "kv_cache_beyond_max_seq_len": (
-                self.can_cache_kv and not self.has_abs_pos_emb and not self.num_memory_tokens
-            ),
+            "kv_cache_beyond_max_seq_len": self.can_cache_beyond_max_seq_len,
             "attention": paths,
         }
 
