@@ -21,7 +21,7 @@ case "$*" in
   *"-m pip"*) touch "{installed}"; exit 0 ;;
   *"find_spec"*) [ -f "{installed}" ]; exit $? ;;
   *"import anyformer, torch"*) echo "anyformer 0 | torch 0"; exit 0 ;;
-  *"-m anyformer"*) exit 0 ;;
+  *"-m anyformer"*) echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY" >> "{log}"; exit 0 ;;
   *) exec "{python}" "$@" ;;
 esac
 """
@@ -87,4 +87,4 @@ def test_main_runs_anyformer_train_with_the_arguments(repo):
     proc = run_script(repo, "main.sh", "steps=5", "--quiet")
     assert proc.returncode == 0, proc.stderr
     calls = (repo / "calls.log").read_text().splitlines()
-    assert calls[-1] == "-m anyformer train steps=5 --quiet"
+    assert calls[-2:] == ["-m anyformer train steps=5 --quiet", "OMP_WAIT_POLICY=PASSIVE"]

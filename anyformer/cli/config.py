@@ -35,7 +35,7 @@ class TrainConfig:
     max_bytes: int = option(4_000_000, "read at most this many bytes of the data")
     val_fraction: float = option(0.05, "the last fraction of the bytes is the validation split")
     # optimisation
-    steps: int = option(1200, "optimizer steps")
+    steps: int = option(1000, "optimizer steps")
     batch_size: int = option(16, "sequences per optimizer step, over all processes")
     grad_accum: int = option(1, "micro-batches per optimizer step on each process")
     seq_len: int = option(128, "training context in bytes")
@@ -109,7 +109,7 @@ TRAIN_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConf
 _MODERN = {"rotary_pos_emb": True, "ff_glu": True, "ff_swish": True, "attn_flash": True}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The quick start (the training defaults above): about 3.5 minutes on a 2-core CPU.
+    # The quick start (the training defaults above): 3-4 minutes on a 2-core CPU.
     # Rotary positions and SwiGLU learn clearly faster per step than learned absolute positions
     # and GELU at this size; ff_mult=3 keeps the SwiGLU about as costly as a GELU with 4.
     "default": {
