@@ -161,3 +161,42 @@ def test_data_flag_reads_a_text_file(tmp_path, capsys):
     assert main(["train", *TINY, "steps=2", "--quiet", "--data", str(text), "--out", str(out)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["data"] == str(text) and run["train"]["data"] == str(text)
+
+
+def test_out_of_memory_is_one_line_with_what_to_try(tmp_path, monkeypatch, capsys):
+    from anyformer.cli import train
+
+    def no_memory(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train.Trainer, "train_step", no_memory)
+    assert main(["train", *TINY, "--quiet", "--out", str(tmp_path / "oom")]) == 1
+    assert capsys.readouterr().err == (
+        "anyformer: error: out of memory on cpu with batch_size=8 (micro-batch 8 x seq_len 64): "
+        "try grad_accum=2 (same batch, half the memory)\n"
+    )
+
+
+def test_a_corrupt_checkpoint_is_one_line(run, tmp_path, capsys):
+    import shutil
+
+    out, _ = run
+    broken = tmp_path / "broken"
+    shutil.copytree(out / "checkpoints" / "step_0000030", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["generate", str(broken), "--max-new-tokens", "4"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"anyformer: error: {weights}: corrupt or unreadable safetensors file")
+    assert err.count("\n") == 1
+
+
+def test_console_script_entry_point():
+    import importlib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    section = pyproject.read_text().split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]
+    target = dict(line.replace('"', "").split(" = ") for line in section.splitlines())["anyformer"]
+    module, _, name = target.partition(":")
+    assert getattr(importlib.import_module(module), name) is main.__globals__["cli"]

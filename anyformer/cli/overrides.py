@@ -109,6 +109,23 @@ def _read_yaml(path: Path) -> Any:
         raise CLIError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
 
 
+def _toml_module(path: Path) -> Any:
+    """tomllib (Python >= 3.11), else the tomli package it came from."""
+    try:
+        import tomllib
+
+        return tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli
+
+            return tomli
+        except ImportError:
+            raise CLIError(
+                f"{path}: reading TOML on Python 3.10 needs tomli (pip install tomli), or use YAML"
+            ) from None
+
+
 def load_config_file(path: str | Path) -> Layer:
     """Read a ``.toml``, ``.yaml`` or ``.yml`` config file into a layer."""
     path = Path(path)
@@ -116,11 +133,10 @@ def load_config_file(path: str | Path) -> Layer:
         raise CLIError(f"config file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        import tomllib
-
+        toml = _toml_module(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
+            data = toml.loads(path.read_text(encoding="utf-8"))
+        except toml.TOMLDecodeError as e:
             raise CLIError(f"{path}: invalid TOML: {e}") from e
     elif suffix in (".yaml", ".yml"):
         data = _read_yaml(path)
