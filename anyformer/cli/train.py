@@ -537,7 +537,7 @@ def _oom_error(trainer: Trainer, error: BaseException) -> CLIError:
 
 
 def _is_oom(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError is the same class
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and (
