@@ -31,8 +31,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     proc = torchrun("train", *ARGS, "--out", str(root / "two"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    fsdp = torchrun("train", *ARGS, "fsdp=true", "--quiet", "--out", str(root / "fsdp"))
+    fsdp = torchrun("train", *ARGS, "fsdp=true", "--out", str(root / "fsdp"))
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert "--- sample: 16 bytes" in fsdp.stdout  # rank 0 samples from the saved folder
     assert main(["train", *ARGS, "--quiet", "--out", str(root / "one")]) == 0
     return root, proc
 
@@ -66,7 +67,8 @@ def test_same_losses_and_one_writer(runs):
         assert a["step"] == b["step"]
         key = "loss" if a["event"] == "train" else "val_loss"
         assert a[key] == pytest.approx(b[key], abs=1e-5)
-    assert sorted(p.name for p in (root / "two" / "checkpoints").iterdir()) == ["step_0000001"]
+    for name in ("two", "fsdp"):
+        assert sorted(p.name for p in (root / name / "checkpoints").iterdir()) == ["step_0000001"]
     assert sorted(p.name for p in root.iterdir()) == ["fsdp", "latest", "one", "two"]
     run = json.loads((root / "two" / "run.json").read_text())
     assert run["world"] == 2

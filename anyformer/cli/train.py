@@ -559,9 +559,14 @@ def _final_sample(trainer: Trainer) -> None:
         f"--- sample: {c.sample_len} bytes after the prompt {c.prompt!r} "
         f"(temperature {c.temperature}{', ' + filters if filters else ''}, seed {c.seed}) ---"
     )
+    lm = trainer.lm
+    if trainer.dist.enabled and c.fsdp:  # sharded parameters: sample from the saved model
+        from ..serialization import load_pretrained
+
+        lm = load_pretrained(list_checkpoints(trainer.run_dir)[-1][1], device=trainer.device)
     sys.stdout.write(c.prompt)
     stream_bytes(
-        trainer.lm, c.prompt.encode(), c.sample_len, options, c.seed,
+        lm, c.prompt.encode(), c.sample_len, options, c.seed,
         write=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()),
     )  # fmt: skip
     print("\n---", flush=True)
