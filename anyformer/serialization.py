@@ -75,18 +75,30 @@ def register_wrapper_class(
     return cls
 
 
+_WRAPPER_OPTIONS = ("ignore_index", "pad_value")
+
+
 def _ensure_registered() -> None:
     """Register the built-in classes (imported lazily: the wrappers may import this module)."""
-    if MODEL_CLASSES.get("TransformerWrapper") is not None:
+    if "TransformerWrapper" in MODEL_CLASSES:
         return
-    from .generation import AutoregressiveWrapper
-    from .wrappers import TransformerWrapper, ViTransformerWrapper, XTransformer
+    from . import generation, wrappers
 
-    for cls in (TransformerWrapper, ViTransformerWrapper, XTransformer):
-        MODEL_CLASSES.setdefault(cls.__name__, cls)
-    WRAPPER_CLASSES.setdefault(
-        "AutoregressiveWrapper", (AutoregressiveWrapper, ("ignore_index", "pad_value"))
-    )
+    for name in (
+        "TransformerWrapper",
+        "ContinuousTransformerWrapper",
+        "ViTransformerWrapper",
+        "XTransformer",
+    ):
+        if hasattr(wrappers, name):
+            MODEL_CLASSES.setdefault(name, getattr(wrappers, name))
+    for name in (
+        "AutoregressiveWrapper",
+        "ContinuousAutoregressiveWrapper",
+        "XLAutoregressiveWrapper",
+    ):
+        if hasattr(generation, name):
+            WRAPPER_CLASSES.setdefault(name, (getattr(generation, name), _WRAPPER_OPTIONS))
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -227,6 +239,14 @@ def _split_wrapper(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
     name = type(model).__name__
     if name in WRAPPER_CLASSES and isinstance(model, WRAPPER_CLASSES[name][0]):
         _, options = WRAPPER_CLASSES[name]
+        loss_fn = getattr(model, "loss_fn", None)
+        if loss_fn is not None and not (
+            isinstance(loss_fn, nn.MSELoss) and loss_fn.reduction == "none"
+        ):
+            raise TypeError(
+                f"save_pretrained: {name} holds a custom loss_fn, which a folder cannot keep; "
+                "save its .net and wrap the loaded model again"
+            )
         return model.net, {"class": name, **{o: getattr(model, o) for o in options}}
     return model, None
 

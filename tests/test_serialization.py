@@ -16,6 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from anyformer import (
     AutoregressiveWrapper,
+    ContinuousAutoregressiveWrapper,
+    ContinuousTransformerWrapper,
     Decoder,
     Encoder,
     TransformerWrapper,
@@ -62,9 +64,20 @@ def xtransformer(tie: bool = True) -> XTransformer:
 TOKENS = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
+def continuous() -> ContinuousTransformerWrapper:
+    torch.manual_seed(0)
+    return ContinuousTransformerWrapper(
+        dim_in=3, dim_out=3, max_seq_len=8, attn_layers=Decoder(dim=16, depth=1, heads=2)
+    ).eval()
+
+
 def outputs(model: torch.nn.Module) -> torch.Tensor:
     """The model's forward on fixed inputs, whatever its class."""
     with torch.no_grad():
+        if isinstance(model, ContinuousAutoregressiveWrapper):
+            model = model.net
+        if isinstance(model, ContinuousTransformerWrapper):
+            return model(torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(6)))
         if isinstance(model, ViTransformerWrapper):
             return model(torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
         if isinstance(model, XTransformer):
@@ -79,8 +92,22 @@ def outputs(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "make",
-    [lm, vit, xtransformer, lambda: AutoregressiveWrapper(lm(), pad_value=3, ignore_index=-1)],
-    ids=["TransformerWrapper", "ViTransformerWrapper", "XTransformer", "AutoregressiveWrapper"],
+    [
+        lm,
+        vit,
+        xtransformer,
+        continuous,
+        lambda: AutoregressiveWrapper(lm(), pad_value=3, ignore_index=-1),
+        lambda: ContinuousAutoregressiveWrapper(continuous()),
+    ],
+    ids=[
+        "TransformerWrapper",
+        "ViTransformerWrapper",
+        "XTransformer",
+        "ContinuousTransformerWrapper",
+        "AutoregressiveWrapper",
+        "ContinuousAutoregressiveWrapper",
+    ],
 )
 def test_round_trip_is_bitwise_for_every_class(make, tmp_path):
     model = make()
@@ -354,6 +381,15 @@ def test_autoregressive_wrapper_pickles():
     x = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(5))
     assert torch.equal(clone(x), model(x))
     assert clone.pad_value == 2
+
+
+def test_a_custom_loss_cannot_be_saved_silently(tmp_path):
+    wrapped = ContinuousAutoregressiveWrapper(
+        continuous(), loss_fn=torch.nn.L1Loss(reduction="none")
+    )
+    with pytest.raises(TypeError, match="holds a custom loss_fn"):
+        save_pretrained(wrapped, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_unknown_class_cannot_be_saved(tmp_path):
