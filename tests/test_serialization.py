@@ -30,7 +30,6 @@ from anyformer.serialization import (
     MODEL_CLASSES,
     TORCH_WEIGHTS_NAME,
     WEIGHTS_NAME,
-    PretrainedMixin,
     load_pretrained,
     register_model_class,
     save_pretrained,
@@ -425,7 +424,7 @@ def test_registry_is_extensible(tmp_path):
 
 
 def test_mixin_adds_save_and_from_pretrained(tmp_path):
-    class Model(PretrainedMixin, TransformerWrapper):
+    class Model(TransformerWrapper):  # a user's subclass inherits the mixin
         pass
 
     register_model_class(Model)
@@ -442,4 +441,40 @@ def test_mixin_adds_save_and_from_pretrained(tmp_path):
         MODEL_CLASSES.pop("Model")
     save_pretrained(vit(), tmp_path / "vit")
     with pytest.raises(ValueError, match="holds a ViTransformerWrapper, not a TransformerWrapper"):
-        PretrainedMixin.from_pretrained.__func__(TransformerWrapper, tmp_path / "vit")
+        TransformerWrapper.from_pretrained(tmp_path / "vit")
+
+
+def test_save_pretrained_method_and_from_pretrained_on_every_model_class(tmp_path):
+    from anyformer import (
+        AutoregressiveWrapper,
+        Decoder,
+        Encoder,
+        TransformerWrapper,
+        ViTransformerWrapper,
+        XTransformer,
+    )
+
+    torch.manual_seed(0)
+    lm = TransformerWrapper(
+        num_tokens=20, max_seq_len=8, attn_layers=Decoder(dim=16, depth=1, heads=2)
+    ).eval()
+    vit = ViTransformerWrapper(
+        image_size=8, patch_size=4, num_classes=3, attn_layers=Encoder(dim=16, depth=1, heads=2)
+    ).eval()
+    xt = XTransformer(
+        dim=16, enc_num_tokens=20, enc_depth=1, enc_max_seq_len=8,
+        dec_num_tokens=20, dec_depth=1, dec_max_seq_len=8,
+    ).eval()  # fmt: skip
+    x, img = torch.randint(0, 20, (2, 8)), torch.randn(2, 3, 8, 8)
+    cases = [(lm, (x,)), (vit, (img,)), (xt, (x, torch.randint(0, 20, (2, 9))))]
+    for i, (model, inputs) in enumerate(cases):
+        folder = model.save_pretrained(tmp_path / str(i))
+        loaded = type(model).from_pretrained(folder).eval()
+        assert torch.equal(loaded(*inputs), model(*inputs))
+    wrapped = AutoregressiveWrapper(lm, pad_value=3)
+    wrapped.save_pretrained(tmp_path / "ar")
+    assert AutoregressiveWrapper.from_pretrained(tmp_path / "ar").pad_value == 3
+    # the inner net of a saved wrapper loads as that net's class
+    assert torch.equal(TransformerWrapper.from_pretrained(tmp_path / "ar").eval()(x), lm(x))
+    with pytest.raises(ValueError, match="holds a TransformerWrapper, not a ViTransformerWrapper"):
+        ViTransformerWrapper.from_pretrained(tmp_path / "0")

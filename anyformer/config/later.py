@@ -29,8 +29,7 @@ LATER_ATTENTION: dict[str, str] = {}
 LATER_STACK: dict[str, str] = {}
 
 #: TransformerWrapper keywords of the seed design.
-LATER_WRAPPER: dict[str, str] = {
-}
+LATER_WRAPPER: dict[str, str] = {}
 
 #: Forward keywords of the seed design (wrapper and stack).
 LATER_FORWARD: dict[str, str] = {

@@ -82,7 +82,9 @@ class StackConfig:
         "https://arxiv.org/abs/2110.09456",
     )
     scale_residual_constant: float = option(
-        1.0, "constant multiplier on the residual stream (DeepNet)", "https://arxiv.org/abs/2203.00555"
+        1.0,
+        "constant multiplier on the residual stream (DeepNet)",
+        "https://arxiv.org/abs/2203.00555",
     )
     zero_init_branch_output: bool = option(
         False, "zero-initialise every attention and feedforward output projection"

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..checks import check_mask, check_token_ids
 from ..config.options import unknown_keyword
+from ..serialization import PretrainedMixin
 from .beam_search import beam_search
 from .filters import resolve_filter, top_k
 from .forgetful import forgetful_key_mask
@@ -25,7 +26,7 @@ __all__ = ["AutoregressiveWrapper", "GenerationIntermediates"]
 _INIT_KEYWORDS = ["net", "ignore_index", "pad_value", "mask_prob", "add_attn_z_loss"]
 
 
-class AutoregressiveWrapper(nn.Module):
+class AutoregressiveWrapper(PretrainedMixin, nn.Module):
     """Wraps a causal token model: ``forward`` gives the next-token loss, ``generate`` samples."""
 
     def __init__(

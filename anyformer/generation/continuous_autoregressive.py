@@ -10,13 +10,13 @@ from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..checks import check_mask
-from ..serialization import register_wrapper_class
+from ..serialization import PretrainedMixin, register_wrapper_class
 from .session import eval_mode, warn_once
 
 __all__ = ["ContinuousAutoregressiveWrapper"]
 
 
-class ContinuousAutoregressiveWrapper(nn.Module):
+class ContinuousAutoregressiveWrapper(PretrainedMixin, nn.Module):
     """Wraps a causal ContinuousTransformerWrapper whose output width equals its input width."""
 
     def __init__(

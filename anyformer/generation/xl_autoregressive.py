@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..checks import check_token_ids
-from ..serialization import register_wrapper_class
+from ..serialization import PretrainedMixin, register_wrapper_class
 from .filters import resolve_filter, top_k
 from .sampling import Picker, stop_at_eos, trim_after_eos
 from .session import eval_mode
@@ -25,7 +25,7 @@ from .session import eval_mode
 __all__ = ["XLAutoregressiveWrapper"]
 
 
-class XLAutoregressiveWrapper(nn.Module):
+class XLAutoregressiveWrapper(PretrainedMixin, nn.Module):
     """Wraps a causal TransformerWrapper built with ``max_seq_len`` (the segment length) and
     ``max_mem_len`` (the memory kept per layer)."""
 

@@ -74,9 +74,7 @@ class AttentionLayers(nn.Module):
         self.disable_abs_pos_emb = config.disable_abs_pos_emb
         self.layer_types = config.layer_types
         self.rotary = build_rotary(config)  # shared by every self-attention layer
-        self.layers = nn.ModuleList(
-            self._build_block(t, i) for i, t in enumerate(self.layer_types)
-        )
+        self.layers = nn.ModuleList(self._build_block(t, i) for i, t in enumerate(self.layer_types))
         self.layer_dropouts = per_layer(config.layer_dropout, len(self.layer_types))
         self.final_norm = (
             build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
@@ -274,7 +272,9 @@ class AttentionLayers(nn.Module):
         if cache is None:
             raise ValueError("cache_age needs a cache (it counts the rows a cached call computes)")
         if isinstance(cache_age, bool) or not isinstance(cache_age, int) or not 1 <= cache_age <= n:
-            raise ValueError(f"cache_age must be an int in [1, {n}] (the rows of x), got {cache_age!r}")
+            raise ValueError(
+                f"cache_age must be an int in [1, {n}] (the rows of x), got {cache_age!r}"
+            )
         if mask is not None and mask.shape[-1] == n:
             mask = mask[:, -cache_age:]
         return x[:, -cache_age:], mask

@@ -18,6 +18,7 @@ from ..cache import KVCache
 from ..checks import check_float_input, check_mask
 from ..config.memory import MemoryOptions
 from ..intermediates import LayerIntermediates
+from ..serialization import PretrainedMixin
 from ..stack.layers import AttentionLayers
 
 __all__ = ["StackWrapper", "memory_layout"]
@@ -40,7 +41,7 @@ def memory_layout(rows: int, num_memory: int, every: int | None, device: torch.d
     return layout
 
 
-class StackWrapper(nn.Module):
+class StackWrapper(PretrainedMixin, nn.Module):
     """Base of the wrappers around an AttentionLayers stack (see the module docstring).
 
     Subclasses call ``_setup_memory`` in their setup and own ``attn_layers``.

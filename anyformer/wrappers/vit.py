@@ -11,12 +11,13 @@ from ..config.options import from_dict, to_dict
 from ..config.vit import ViTConfig
 from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
+from ..serialization import PretrainedMixin
 from ..stack.layers import AttentionLayers
 
 __all__ = ["ViTransformerWrapper"]
 
 
-class ViTransformerWrapper(nn.Module):
+class ViTransformerWrapper(PretrainedMixin, nn.Module):
     """Vision transformer (SimpleViT https://arxiv.org/abs/2205.01580, dual patch norm
     https://arxiv.org/abs/2302.01327, register tokens https://arxiv.org/abs/2309.16588)."""
 

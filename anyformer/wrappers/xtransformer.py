@@ -14,6 +14,7 @@ from ..config.vit import XTransformerConfig
 from ..generation.autoregressive import AutoregressiveWrapper
 from ..nn.init import reset_module_tree
 from ..nn.token_dropout import drop_tokens
+from ..serialization import PretrainedMixin
 from ..stack.layers import Decoder, Encoder
 from .transformer import _WRAPPER_FIELDS, TransformerWrapper
 
@@ -57,7 +58,7 @@ def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     return wrapper, stack
 
 
-class XTransformer(nn.Module):
+class XTransformer(PretrainedMixin, nn.Module):
     """Encoder-decoder transformer; ``enc_*`` / ``dec_*`` keywords go to each side."""
 
     def __init__(

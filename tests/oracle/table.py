@@ -233,7 +233,9 @@ def _rows() -> list[Row]:
         Row("attn-qk-norm", d, stack=dict(attn_qk_norm=True)),
         Row("attn-qk-norm-groups", d, stack=dict(attn_qk_norm=True, attn_qk_norm_groups=2)),
         Row("attn-qk-norm-scale", e, stack=dict(attn_qk_norm=True, attn_qk_norm_scale=4.0)),
-        Row("attn-qk-norm-dim-scale", d, stack=dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True)),
+        Row(
+            "attn-qk-norm-dim-scale", d, stack=dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True)
+        ),
         Row("attn-num-mem-kv", d, stack=dict(attn_num_mem_kv=3)),
         Row("attn-num-mem-kv-encoder-mask", e, stack=dict(attn_num_mem_kv=2), inputs=masked),
         Row("attn-add-zero-kv", d, stack=dict(attn_add_zero_kv=True)),
