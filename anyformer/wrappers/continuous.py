@@ -13,10 +13,9 @@ from torch import Tensor, nn
 from ..cache import KVCache
 from ..checks import check_float_input, check_mask
 from ..config.continuous import ContinuousConfig
-from ..config.options import build_options, from_dict, to_dict
+from ..config.options import build_options
 from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
-from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
 from ..serialization import register_model_class
 from ..stack.layers import AttentionLayers
@@ -30,6 +29,8 @@ _OWNER = "ContinuousTransformerWrapper"
 class ContinuousTransformerWrapper(StackWrapper):
     """x (b, n, dim_in) -> (b, n, dim_out): project in, [+ positions], the stack, project out."""
 
+    config_class = ContinuousConfig
+
     def __init__(self, *, max_seq_len: int, attn_layers: AttentionLayers, **kwargs: Any) -> None:
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
@@ -42,33 +43,6 @@ class ContinuousTransformerWrapper(StackWrapper):
             ContinuousConfig, _OWNER, dict(max_seq_len=max_seq_len, **kwargs), valid=valid
         )
         self._setup(config, attn_layers)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ContinuousTransformerWrapper:
-        """Rebuild a model from ``config_dict()``: same modules, same state-dict keys."""
-        data = dict(config)
-        name = data.pop("class", cls.__name__)
-        if name != cls.__name__:
-            raise ValueError(f"{cls.__name__}.from_config: got a configuration of class {name!r}")
-        if "attn_layers" not in data:
-            raise ValueError(f"{cls.__name__}.from_config: the configuration has no 'attn_layers'")
-        attn_layers = AttentionLayers.from_config(data.pop("attn_layers"))
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model._setup(from_dict(ContinuousConfig, data), attn_layers)
-        return model
-
-    def config_dict(self) -> dict[str, Any]:
-        """The resolved configuration as a plain dict."""
-        return {
-            "class": type(self).__name__,
-            **to_dict(self.config),
-            "attn_layers": self.attn_layers.config_dict(),
-        }
-
-    def reset_parameters(self) -> None:
-        """Re-initialise every parameter (e.g. after building on the meta device)."""
-        reset_module_tree(self)
 
     def _setup(self, config: ContinuousConfig, attn_layers: AttentionLayers) -> None:
         self.config = config

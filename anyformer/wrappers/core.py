@@ -20,6 +20,7 @@ from ..config.memory import MemoryOptions
 from ..intermediates import LayerIntermediates
 from ..serialization import PretrainedMixin
 from ..stack.layers import AttentionLayers
+from .configured import StackedModel
 
 __all__ = ["StackWrapper", "memory_layout"]
 
@@ -41,13 +42,12 @@ def memory_layout(rows: int, num_memory: int, every: int | None, device: torch.d
     return layout
 
 
-class StackWrapper(PretrainedMixin, nn.Module):
+class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
     """Base of the wrappers around an AttentionLayers stack (see the module docstring).
 
     Subclasses call ``_setup_memory`` in their setup and own ``attn_layers``.
     """
 
-    _resets_tree = True
     attn_layers: AttentionLayers
 
     def _setup_memory(self, options: MemoryOptions, attn_layers: AttentionLayers) -> None:

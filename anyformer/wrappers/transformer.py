@@ -11,11 +11,10 @@ from torch import Tensor, nn
 from ..cache import KVCache
 from ..checks import as_token_ids, check_float_input, check_mask, check_token_ids
 from ..config.later import LATER_FORWARD, LATER_WRAPPER
-from ..config.options import build_options, from_dict, to_dict, unknown_keyword
+from ..config.options import build_options, unknown_keyword
 from ..config.wrapper import WrapperConfig
 from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding, TokenEmbedding
-from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
 from ..nn.positions.left_padding import check_seq_start_pos
 from ..nn.z_loss import attention_z_loss
@@ -45,6 +44,8 @@ def _slice_new(value: Any, offset: int) -> Any:
 class TransformerWrapper(StackWrapper):
     """A token model: embeddings, the attention stack and a logits head (x-transformers API)."""
 
+    config_class = WrapperConfig
+
     def __init__(
         self, *, num_tokens: int, max_seq_len: int, attn_layers: AttentionLayers, **kwargs: Any
     ) -> None:
@@ -58,27 +59,6 @@ class TransformerWrapper(StackWrapper):
             "TransformerWrapper", dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs)
         )
         self._setup(config, attn_layers)
-
-    _resets_tree = True
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TransformerWrapper:
-        """Rebuild a model from ``config_dict()``: same modules, same state-dict keys."""
-        data = dict(config)
-        name = data.pop("class", cls.__name__)
-        if name != cls.__name__:
-            raise ValueError(f"{cls.__name__}.from_config: got a configuration of class {name!r}")
-        if "attn_layers" not in data:
-            raise ValueError(f"{cls.__name__}.from_config: the configuration has no 'attn_layers'")
-        attn_layers = AttentionLayers.from_config(data.pop("attn_layers"))
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model._setup(from_dict(WrapperConfig, data), attn_layers)
-        return model
-
-    def reset_parameters(self) -> None:
-        """Re-initialise every parameter (e.g. after building on the meta device)."""
-        reset_module_tree(self)
 
     def _setup(self, config: WrapperConfig, attn_layers: AttentionLayers) -> None:
         """Build the embeddings and head around `attn_layers` (constructor and from_config)."""
@@ -136,14 +116,6 @@ class TransformerWrapper(StackWrapper):
         off the meta device)."""
         if self.config.tie_embedding and not self.config.return_only_embed:
             self.to_logits.weight = self.token_emb.emb.weight
-
-    def config_dict(self) -> dict[str, Any]:
-        """The resolved configuration as a plain dict."""
-        return {
-            "class": type(self).__name__,
-            **to_dict(self.config),
-            "attn_layers": self.attn_layers.config_dict(),
-        }
 
     def forward(
         self,

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from ..config.options import from_dict, to_dict
 from ..config.vit import ViTConfig
-from ..nn.init import reset_module_tree
 from ..nn.norms import LayerNorm
 from ..serialization import PretrainedMixin
 from ..stack.layers import AttentionLayers
+from .configured import StackedModel
 
 __all__ = ["ViTransformerWrapper"]
 
 
-class ViTransformerWrapper(PretrainedMixin, nn.Module):
+class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module):
     """Vision transformer (SimpleViT https://arxiv.org/abs/2205.01580, dual patch norm
     https://arxiv.org/abs/2302.01327, register tokens https://arxiv.org/abs/2309.16588)."""
 
@@ -49,7 +46,7 @@ class ViTransformerWrapper(PretrainedMixin, nn.Module):
         )
         self._setup(config, attn_layers)
 
-    _resets_tree = True
+    config_class = ViTConfig
 
     def _setup(self, config: ViTConfig, attn_layers: AttentionLayers) -> None:
         self.config = config
@@ -79,31 +76,6 @@ class ViTransformerWrapper(PretrainedMixin, nn.Module):
         nn.init.normal_(self.pos_embedding, std=0.02)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=0.02)
-
-    def reset_parameters(self) -> None:
-        """Re-initialise every parameter (e.g. after building on the meta device)."""
-        reset_module_tree(self)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ViTransformerWrapper:
-        """Rebuild a model from ``config_dict()``: same modules, same state-dict keys."""
-        data = dict(config)
-        name = data.pop("class", cls.__name__)
-        if name != cls.__name__:
-            raise ValueError(f"{cls.__name__}.from_config: got a configuration of class {name!r}")
-        attn_layers = AttentionLayers.from_config(data.pop("attn_layers"))
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model._setup(from_dict(ViTConfig, data), attn_layers)
-        return model
-
-    def config_dict(self) -> dict[str, Any]:
-        """The resolved configuration as a plain dict."""
-        return {
-            "class": type(self).__name__,
-            **to_dict(self.config),
-            "attn_layers": self.attn_layers.config_dict(),
-        }
 
     def patchify(self, img: Tensor) -> Tensor:
         """(b, c, H, W) -> (b, H/p * W/p, p * p * c)."""
