@@ -38,9 +38,10 @@ class LayerKVCache:
         end = start + n
         if self.k is None or end > self.k.shape[-2]:
             self._grow(k, v, end)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        # narrow + copy_: the plain-tensor calls (tuple indexing costs more per decode step)
+        self.k.narrow(2, start, n).copy_(k)
+        self.v.narrow(2, start, n).copy_(v)
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
     def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
         old = 0 if self.k is None else self.k.shape[-2]

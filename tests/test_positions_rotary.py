@@ -170,3 +170,107 @@ def test_meta_device_build_recomputes_the_tables():
     torch.testing.assert_close(
         rotary.sin_table.double(), torch.cat((-sin, sin), -1), atol=1e-4, rtol=0
     )
+
+
+# ---------------------------------------------------------------- forward(rotary_pos_emb=...)
+
+
+def _twins(**kw: object) -> tuple:
+    """The same Decoder in x-transformers 1.28.2 and anyformer, same weights, eval mode."""
+    import x_transformers as xt
+
+    from anyformer.convert import load_x_transformers_state_dict
+
+    # dim_head 64; rotary_emb_dim 32 (1.28.2 raises any smaller width to 32)
+    stack = dict(dim=32, depth=2, heads=4, rotary_pos_emb=True, rotary_emb_dim=32, **kw)
+    torch.manual_seed(0)
+    theirs = xt.TransformerWrapper(num_tokens=50, max_seq_len=0, attn_layers=xt.Decoder(**stack))
+    ours = TransformerWrapper(num_tokens=50, max_seq_len=0, attn_layers=Decoder(**stack))
+    load_x_transformers_state_dict(ours, theirs.state_dict())
+    return theirs.eval(), ours.eval()
+
+
+@pytest.mark.parametrize(
+    "freqs_of",
+    [
+        pytest.param(lambda rot, n: rot(torch.arange(n) * 3 + 7), id="spread-positions"),
+        pytest.param(lambda rot, n: (torch.rand(n, 8) * 6, 1.0), id="arbitrary-angles-per-feature"),
+        pytest.param(lambda rot, n: (torch.rand(2, n, 8) * 6, None), id="per-row-batch-angles"),
+        pytest.param(
+            lambda rot, n: (torch.rand(n, 64) * 6, 0.5 + torch.rand(n, 64)), id="xpos-scale"
+        ),
+    ],
+)
+def test_given_rotary_frequencies_match_x_transformers(freqs_of):
+    """Precomputed (freqs, xpos_scale), x-transformers' format, give its logits: the scheme of
+    the stack is replaced (widths 32 (the stack's own) and 64 = dim_head)."""
+    theirs, ours = _twins()
+    x = torch.randint(0, 50, (2, 11))
+    torch.manual_seed(1)
+    given = freqs_of(theirs.attn_layers.rotary_pos_emb, 11)
+    expected = theirs(x, rotary_pos_emb=given)
+    torch.testing.assert_close(ours(x, rotary_pos_emb=given), expected, atol=1e-5, rtol=0)
+    # and the stack's own positions give something else (the keyword is not ignored)
+    assert (ours(x) - expected).abs().max() > 1e-3
+
+
+def test_given_partial_rotary_leaves_the_other_features_alone():
+    """freqs of width 4 on heads of 64 (partial rotary), as x-transformers applies them."""
+    theirs, ours = _twins()
+    x = torch.randint(0, 50, (1, 9))
+    given = (torch.rand(9, 4) * 3, None)
+    expected = theirs(x, rotary_pos_emb=given)
+    torch.testing.assert_close(ours(x, rotary_pos_emb=given), expected, atol=1e-5, rtol=0)
+
+
+def test_given_rotary_uses_the_last_rows_so_cached_decoding_matches():
+    """With a cache, each call computes the last rows of freqs: decoding token by token with
+    the whole table equals one uncached forward with it."""
+    from anyformer.cache import KVCache
+
+    _, ours = _twins()
+    x = torch.randint(0, 50, (2, 10))
+    freqs = torch.rand(10, 64) * 5
+    full = ours(x, rotary_pos_emb=(freqs, None))
+    cache = KVCache()
+    steps = [ours(x[:, :4], cache=cache, rotary_pos_emb=(freqs[:4], None))]
+    for i in range(4, 10):
+        steps.append(
+            ours(
+                x[:, i : i + 1],
+                cache=cache,
+                input_not_include_cache=True,
+                rotary_pos_emb=freqs[: i + 1],
+            )
+        )
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_given_rotary_errors_name_the_problem():
+    plain = Decoder(dim=16, depth=1, heads=2)
+    h = torch.randn(1, 5, 16)
+    with pytest.raises(ValueError, match="no rotary positions: build it with rotary_pos_emb=True"):
+        plain(h, rotary_pos_emb=(torch.zeros(5, 8), None))
+    stack = Decoder(dim=16, depth=1, heads=2, attn_dim_head=8, rotary_pos_emb=True)
+    with pytest.raises(
+        ValueError, match=r"freqs' last dim \(rot_dim\) must be even and in \[2, 8\]"
+    ):
+        stack(h, rotary_pos_emb=(torch.zeros(5, 10), None))
+    with pytest.raises(ValueError, match="freqs have 3 rows but this call computes 5"):
+        stack(h, rotary_pos_emb=(torch.zeros(3, 8), None))
+    with pytest.raises(ValueError, match=r"of shape \(seq_len, rot_dim\) or \(1, seq_len"):
+        stack(h, rotary_pos_emb=(torch.zeros(5, dtype=torch.long), None))
+    with pytest.raises(ValueError, match="xpos_scale must be None, a number or a tensor"):
+        stack(h, rotary_pos_emb=(torch.zeros(5, 8), "1"))
+
+
+def test_given_rotary_covers_transformer_xl_memories_first():
+    """With mems, freqs hold the memories' rows, then the segment's (x-transformers' keys)."""
+    theirs, ours = _twins()
+    x = torch.randint(0, 50, (2, 6))
+    mems = [torch.randn(2, 3, 32) for _ in range(2)]
+    given = (torch.rand(9, 64) * 4, None)
+    expected = theirs(x, mems=mems, rotary_pos_emb=given)
+    torch.testing.assert_close(
+        ours(x, mems=mems, rotary_pos_emb=given), expected, atol=1e-5, rtol=0
+    )

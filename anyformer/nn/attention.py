@@ -166,6 +166,14 @@ class Attention(nn.Module):
                 "rotary does not commute with)"
             )
         self.position = position
+        # queries and keys rotated in one pass, before the heads are split (the common case)
+        self.rotate_qk_together = (
+            position is not None
+            and getattr(position, "shares_qk_factors", False)
+            and isinstance(self.qkv, FusedQKV)
+            and self.qk_norm is None
+            and not c.rotary_embed_values
+        )
         # rotary_embed_values: values are rotated as keys (needs a rotary position module)
         self.rotate_values = c.rotary_embed_values and position is not None
         self.window = c.max_attend_past
@@ -256,6 +264,8 @@ class Attention(nn.Module):
             if self.qk_norm is not None:
                 q = self.qk_norm.queries(q)
             return q, cache.k, cache.v
+        if self.rotate_qk_together and context is None and getattr(positions, "shared", True):
+            return self._project_rotated(x, positions, cache)
         q, k, v = self.qkv(x, context)
         q = self._heads(q, self.heads)
         k, v = self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
@@ -270,6 +280,25 @@ class Attention(nn.Module):
                 cache.set_context(k, v)
             else:
                 k, v = cache.update(k, v)
+        return q, k, v
+
+    def _project_rotated(
+        self, x: Tensor, positions: Any, cache: LayerKVCache | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention with rotary positions (no qk-norm, no xPos): the query and key heads
+        are rotated together in the (b, n, heads, d) layout of the fused projection."""
+        b, n, _ = x.shape
+        qkv = self.qkv.to_qkv(x)
+        sizes, heads, kv_heads = self.qkv.sizes, self.heads, self.kv_heads
+        qk_dim = sizes[0] + sizes[1]
+        qk = qkv.narrow(-1, 0, qk_dim).view(b, n, heads + kv_heads, self.dim_head)
+        q, k = self.position.rotate_rows(qk, positions).split((heads, kv_heads), dim=2)
+        # shared_kv: the values are the keys before rotation
+        v_start = qk_dim if len(sizes) == 3 else sizes[0]
+        v = qkv.narrow(-1, v_start, sizes[-1]).view(b, n, kv_heads, -1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v)
         return q, k, v
 
     def forward(

@@ -20,8 +20,10 @@ class LayerNorm(nn.LayerNorm):
 def rms_normalize(x: Tensor, eps: float) -> Tensor:
     """x / sqrt(mean(x^2) + eps) over the last dim, computed in float32 at least."""
     dtype = x.dtype
-    x32 = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-    return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(dtype)
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
 
 
 class RMSNorm(nn.Module):

@@ -26,6 +26,11 @@ class Residual(nn.Module):
         if self.residual_scale is not None:
             nn.init.ones_(self.residual_scale)
 
+    @property
+    def is_sum(self) -> bool:
+        """Whether this is the plain sum x + out (no scale, constant 1)."""
+        return self.residual_scale is None and self.constant == 1
+
     def forward(self, x: Tensor, out: Tensor) -> Tensor:
         if self.residual_scale is not None:
             x = x * self.residual_scale

@@ -74,6 +74,14 @@ class Block(nn.Module):
         self.post_norm = post_norm or nn.Identity()
         self.token_shift = token_shift
         self.dual_scale = dual_scale
+        # the pre-LN block of most models: the branch output is simply added to the stream
+        self.plain_join = (
+            post_branch_norm is None
+            and post_norm is None
+            and dual_scale is None
+            and type(self.residual) is Residual
+            and self.residual.is_sum
+        )
 
     @property
     def cache_slots(self) -> int:
@@ -91,6 +99,8 @@ class Block(nn.Module):
 
     def join(self, x: Tensor, out: Tensor, run: StackRun | None = None) -> Tensor:
         """Add the branch output to the stream through the residual and output-norm slots."""
+        if self.plain_join:
+            return x + out
         if self.dual_scale is not None and run is not None:
             run.dual = run.dual + out * self.dual_scale
         return self.post_norm(self.residual(x, self.post_branch_norm(out)))

@@ -21,6 +21,7 @@ from ..nn.masks import AttentionMask, build_attention_mask, causal_keep_mask, ex
 from ..nn.norms import build_norm
 from ..nn.positions import build_attn_bias, build_rotary, left_padded
 from ..nn.positions.left_padding import check_seq_start_pos
+from ..nn.positions.rotary import GivenRotary
 from ..nn.token_dropout import drop_tokens
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
 from .memory import remember
@@ -175,6 +176,7 @@ class AttentionLayers(nn.Module):
         mems: list[Tensor] | None = None,
         mem_masks: list[Tensor] | Tensor | None = None,
         cache_age: int | None = None,
+        rotary_pos_emb: Any = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         """x (b, n, dim) -> (b, n, dim); with return_hiddens, also LayerIntermediates.
@@ -199,8 +201,9 @@ class AttentionLayers(nn.Module):
         if cache_age is not None:
             x, mask = self._last_rows(x, mask, cache, cache_age)
         b, n = self._check_inputs(x, context, mask, context_mask, attn_mask, cache)
+        given = None if rotary_pos_emb is None else self._given_rotary(rotary_pos_emb, b, n, mems)
         if mems is not None or mem_masks is not None:
-            cache = remember(self, mems, mem_masks, cache, attn_mask, x)
+            cache = remember(self, mems, mem_masks, cache, attn_mask, x, given)
         if self.training and self.config.cross_attn_tokens_dropout > 0 and context is not None:
             context, context_mask = drop_tokens(
                 context, context_mask, self.config.cross_attn_tokens_dropout
@@ -235,7 +238,7 @@ class AttentionLayers(nn.Module):
             row_mask=mask,
         )
         if positions is not None:
-            self._position_inputs(run, pos is None, n, k_len)
+            self._position_inputs(run, pos is None, n, k_len, given)
         if self.cross_attend:
             run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
         if self.config.resi_dual:
@@ -310,12 +313,29 @@ class AttentionLayers(nn.Module):
                 cache.seq_start_pos = seq_start_pos
         return left_padded(seq_start_pos, start, n, pos, mask)
 
-    def _position_inputs(self, run: StackRun, counted: bool, n: int, k_len: int) -> None:
+    def _given_rotary(self, value: Any, b: int, n: int, mems: list[Tensor] | None) -> GivenRotary:
+        """Check forward's ``rotary_pos_emb`` against this stack and the rows of this call."""
+        if self.rotary is None:
+            raise ValueError(
+                f"rotary_pos_emb was given but this {type(self).__name__} has no rotary "
+                "positions: build it with rotary_pos_emb=True"
+            )
+        given = GivenRotary.parse(value, b, self.rotary.head_dim)
+        mem_len = mems[0].shape[1] if isinstance(mems, (list, tuple)) and mems else 0
+        given.check_rows(n + mem_len)
+        return given
+
+    def _position_inputs(
+        self, run: StackRun, counted: bool, n: int, k_len: int, given: GivenRotary | None
+    ) -> None:
         """Rotary angles and the additive position bias, computed once for every layer.
-        ``counted``: the positions are the default ones, consecutive after the cache."""
+        ``counted``: the positions are the default ones, consecutive after the cache;
+        ``given``: rotary frequencies passed to forward."""
         cache, positions = run.cache, run.positions
         offset = (0 if cache is None else cache.length) if counted else None
-        if self.rotary is not None:
+        if given is not None:
+            run.rotary = given.angles(n, 0, self.rotary.head_dim)
+        elif self.rotary is not None:
             run.rotary = self.rotary.angles(positions, offset, cache)
         if self.attn_bias is None:
             return
@@ -375,6 +395,7 @@ class AttentionLayers(nn.Module):
                 "mems",
                 "mem_masks",
                 "cache_age",
+                "rotary_pos_emb",
             ]
             raise unknown_keyword(owner, next(iter(kwargs)), valid)
 

@@ -20,6 +20,7 @@ from ..cache import KVCache
 from ..checks import check_mask
 
 if TYPE_CHECKING:
+    from ..nn.positions.rotary import GivenRotary
     from .layers import AttentionLayers
 
 __all__ = ["remember", "self_attention_executions"]
@@ -37,8 +38,10 @@ def remember(
     cache: KVCache | None,
     attn_mask: Tensor | None,
     x: Tensor,
+    given_rotary: GivenRotary | None = None,
 ) -> KVCache:
-    """A cache whose first rows are the memories' keys/values (a new one unless given empty)."""
+    """A cache whose first rows are the memories' keys/values (a new one unless given empty).
+    ``given_rotary``: forward's rotary_pos_emb, whose rows before x's are the memories'."""
     if mems is None:
         raise ValueError("mem_masks was given without mems")
     executions = self_attention_executions(stack)
@@ -64,7 +67,9 @@ def remember(
     cache.extend_mask(mask, b, m, x.device)
     rows = stack._positions(None, m, cache, x.device) if stack.uses_positions else None
     rotary = getattr(stack, "rotary", None)
-    if rows is not None and rotary is not None:
+    if rows is not None and given_rotary is not None:  # the rows before the segment's
+        rows = given_rotary.angles(m, x.shape[1], rotary.head_dim)
+    elif rows is not None and rotary is not None:
         rows = rotary.angles(rows, 0, cache)  # what self-attention's position module reads
     for (index, slot), mem in zip(executions, mems):
         stack.layers[index].remember(mem.to(x.dtype), rows, cache, slot)

@@ -24,12 +24,13 @@ directly (the same arithmetic, so the same values).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RotaryAngles", "RotaryEmbedding", "apply_rotary"]
+__all__ = ["GivenRotary", "RotaryAngles", "RotaryEmbedding", "apply_rotary"]
 
 #: Positions the table covers when it is first built (grown on demand).
 INITIAL_TABLE_LEN = 1024
@@ -46,6 +47,13 @@ class RotaryAngles:
     k_cos: Tensor
     k_sin: Tensor
     rot_dim: int
+    shared: bool = True  # queries and keys get the same factors (not with xPos)
+
+    @cached_property
+    def rows(self) -> tuple[Tensor, Tensor]:
+        """The query/key factors as (b|1, n, 1, dim_head), for tensors in the (b, n, heads, d)
+        layout (no xPos: queries and keys share them). Computed once, shared by every layer."""
+        return self.q_cos.transpose(1, 2), self.q_sin.transpose(1, 2)
 
 
 def _full_width(cos: Tensor, sin: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
@@ -58,12 +66,12 @@ def _full_width(cos: Tensor, sin: Tensor, head_dim: int) -> tuple[Tensor, Tensor
 def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, rot_dim: int) -> Tensor:
     """Rotate the pairs (i, i + r/2) of the first r = rot_dim features of t (..., n, d), given the
     full-width factors (..., n, d) of ``_full_width``: t * cos + swap(t) * sin."""
-    half = rot_dim // 2
+    half, dim = rot_dim // 2, t.shape[-1]
     if cos.dtype != t.dtype:
         cos, sin = cos.to(t.dtype), sin.to(t.dtype)
-    parts = (t[..., half:rot_dim], t[..., :half])
-    if rot_dim < t.shape[-1]:
-        parts = (*parts, t[..., rot_dim:])
+    parts = (t.narrow(-1, half, half), t.narrow(-1, 0, half))
+    if rot_dim < dim:
+        parts = (*parts, t.narrow(-1, rot_dim, dim - rot_dim))
     return torch.addcmul(t * cos, torch.cat(parts, dim=-1), sin)
 
 
@@ -105,6 +113,12 @@ class RotaryEmbedding(nn.Module):
         else:
             self.register_buffer("xpos_zeta", torch.empty(half), persistent=False)
         self.reset_parameters()
+
+    @property
+    def shares_qk_factors(self) -> bool:
+        """Whether queries and keys get the same rotation (so one pass can rotate both): not
+        with xPos, whose scales differ."""
+        return self.xpos_zeta is None
 
     @property
     def base(self) -> float:
@@ -166,7 +180,8 @@ class RotaryEmbedding(nn.Module):
         q_scale, k_scale = self._xpos_scales(positions, offset, cache)
         q_scale, _ = _full_width(q_scale, q_scale, self.head_dim)
         k_scale, _ = _full_width(k_scale, k_scale, self.head_dim)
-        return RotaryAngles(cos * q_scale, sin * q_scale, cos * k_scale, sin * k_scale, self.dim)
+        q, k = (cos * q_scale, sin * q_scale), (cos * k_scale, sin * k_scale)
+        return RotaryAngles(*q, *k, self.dim, shared=False)
 
     def _xpos_scales(
         self, positions: Tensor, offset: int | None, cache: Any
@@ -196,6 +211,12 @@ class RotaryEmbedding(nn.Module):
             apply_rotary(k, rot.k_cos, rot.k_sin, rot.rot_dim),
         )
 
+    def rotate_rows(self, t: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
+        """Rotate t (b, n, heads, d), queries and keys side by side (``shares_qk_factors``)."""
+        rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
+        cos, sin = rot.rows
+        return apply_rotary(t, cos, sin, rot.rot_dim)
+
     def rotate_values(self, v: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
         """Rotate values as keys (``rotary_embed_values``)."""
         rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
@@ -207,3 +228,88 @@ class RotaryEmbedding(nn.Module):
             f"dim={self.dim}, head_dim={self.head_dim}, theta={self.theta}, interpolation_factor={self.interpolation_factor}"
             f", base_rescale_factor={self.base_rescale_factor}{extra}"
         )
+
+
+@dataclass(frozen=True)
+class GivenRotary:
+    """Rotary frequencies passed to ``forward(rotary_pos_emb=(freqs, xpos_scale))``, as
+    x-transformers' ``RotaryEmbedding`` returns them: ``freqs`` (n, r) or (b, n, r), the angle
+    of each rotated feature of each row (``[theta, theta]`` over the two halves), and
+    ``xpos_scale`` (None, a number, or a tensor broadcasting to freqs) that scales the queries
+    and divides the keys. The rows computed by a call are the last ones of ``freqs``."""
+
+    freqs: Tensor
+    xpos_scale: Tensor | float | None
+
+    @staticmethod
+    def parse(value: Any, batch: int, head_dim: int) -> GivenRotary:
+        """Check ``rotary_pos_emb``: a (freqs, xpos_scale) pair, or freqs alone."""
+        freqs, scale = (
+            value if isinstance(value, (tuple, list)) and len(value) == 2 else (value, None)
+        )
+        if (
+            not isinstance(freqs, Tensor)
+            or not freqs.is_floating_point()
+            or freqs.ndim not in (2, 3)
+            or (freqs.ndim == 3 and freqs.shape[0] not in (1, batch))
+        ):
+            got = (
+                f"{freqs.dtype} tensor of shape {tuple(freqs.shape)}"
+                if isinstance(freqs, Tensor)
+                else type(freqs).__name__
+            )
+            raise ValueError(
+                "rotary_pos_emb must be (freqs, xpos_scale) with freqs a float tensor of shape "
+                f"(seq_len, rot_dim) or ({batch}, seq_len, rot_dim), got {got}"
+            )
+        rot_dim = freqs.shape[-1]
+        if rot_dim % 2 or not 2 <= rot_dim <= head_dim:
+            raise ValueError(
+                f"rotary_pos_emb: freqs' last dim (rot_dim) must be even and in [2, {head_dim}] "
+                f"(dim_head), got {rot_dim}"
+            )
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            scale = None if scale == 1 else float(scale)
+        elif scale is not None and not isinstance(scale, Tensor):
+            raise ValueError(
+                "rotary_pos_emb: xpos_scale must be None, a number or a tensor broadcasting to "
+                f"freqs, got {type(scale).__name__}"
+            )
+        return GivenRotary(freqs, scale)
+
+    def check_rows(self, needed: int) -> None:
+        have = self.freqs.shape[-2]
+        if have < needed:
+            raise ValueError(
+                f"rotary_pos_emb: freqs have {have} rows but this call computes {needed} "
+                "(memories included): pass one row per position, the computed rows last"
+            )
+
+    def angles(self, n: int, after: int, head_dim: int) -> RotaryAngles:
+        """The rotation of n rows that end ``after`` rows before the last one of freqs."""
+        end = self.freqs.shape[-2] - after
+        freqs = self.freqs.narrow(-2, end - n, n)
+        freqs = freqs if freqs.ndim == 3 else freqs.unsqueeze(0)  # (b|1, n, r)
+        freqs = freqs.unsqueeze(1).float()  # (b|1, 1, n, r)
+        half, rest = freqs.shape[-1] // 2, head_dim - freqs.shape[-1]
+        sign = torch.ones_like(freqs)
+        sign[..., :half] = -1.0  # rotate_half: (-x2, x1)
+        cos, sin = freqs.cos(), freqs.sin() * sign
+        rot_dim = freqs.shape[-1]
+        if self.xpos_scale is None:
+            cos, sin = _pad(cos, rest, 1.0), _pad(sin, rest, 0.0)
+            return RotaryAngles(cos, sin, cos, sin, rot_dim)
+        scale = self.xpos_scale
+        if isinstance(scale, Tensor):
+            scale = scale.to(freqs.dtype).narrow(-2, scale.shape[-2] - after - n, n)
+            scale = (scale if scale.ndim == 3 else scale.unsqueeze(0)).unsqueeze(1)
+        q = (_pad(cos * scale, rest, 1.0), _pad(sin * scale, rest, 0.0))
+        k = (_pad(cos / scale, rest, 1.0), _pad(sin / scale, rest, 0.0))
+        return RotaryAngles(*q, *k, rot_dim, shared=False)
+
+
+def _pad(t: Tensor, rest: int, value: float) -> Tensor:
+    """Extend the last dim by `rest` features of `value` (the features rotary leaves alone)."""
+    if rest == 0:
+        return t
+    return torch.cat((t, t.new_full((*t.shape[:-1], rest), value)), dim=-1)
