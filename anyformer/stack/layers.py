@@ -24,6 +24,7 @@ from ..nn.positions.left_padding import check_seq_start_pos
 from ..nn.positions.rotary import GivenRotary
 from ..nn.token_dropout import drop_tokens
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
+from .lean import LeanLoop
 from .memory import remember
 from .structure import attention_config, block_slots, feedforward_branch, feedforward_config
 
@@ -93,6 +94,8 @@ class AttentionLayers(nn.Module):
             plan.append((index, slot if used else None))
             slot += used
         self.execution_plan: tuple[tuple[int, int | None], ...] = tuple(plan)
+        # inference runs plain stacks without the per-block module machinery (same numbers)
+        self.lean = LeanLoop.build(self.layers, self.execution_plan)
         self.uses_positions = self.attn_bias is not None or any(
             getattr(block.branch, "position", None) is not None
             for block in self.layers
@@ -243,14 +246,11 @@ class AttentionLayers(nn.Module):
             run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
         if self.config.resi_dual:
             run.dual = x * self.config.resi_dual_scale
-        layers = self.layers
-        skip = self._dropped_layers(cache) if self.training else None
-        for step, (index, slot) in enumerate(self.execution_plan):
-            if skip is not None and skip[step]:
-                if run.collect and self.layer_types[index] == "a":
-                    run.hiddens.append(x)  # keeps one hidden (XL memory) per attention execution
-                continue
-            x = layers[index](x, run, slot)
+        lean = self.lean
+        if lean is not None and not (self.training or run.collect) and lean.usable():
+            x = lean(x, run)
+        else:
+            x = self._run_blocks(x, run)
         if run.collect:
             run.layer_hiddens.append(x)
         x = x + self.final_norm(run.dual) if run.dual is not None else self.final_norm(x)
@@ -265,6 +265,18 @@ class AttentionLayers(nn.Module):
             layer_hiddens=run.layer_hiddens,
             cache=cache,
         )
+
+    def _run_blocks(self, x: Tensor, run: StackRun) -> Tensor:
+        """The blocks in execution order (stochastic depth skips some while training)."""
+        layers = self.layers
+        skip = self._dropped_layers(run.cache) if self.training else None
+        for step, (index, slot) in enumerate(self.execution_plan):
+            if skip is not None and skip[step]:
+                if run.collect and self.layer_types[index] == "a":
+                    run.hiddens.append(x)  # keeps one hidden (XL memory) per attention execution
+                continue
+            x = layers[index](x, run, slot)
+        return x
 
     @staticmethod
     def _last_rows(
