@@ -264,8 +264,8 @@ class Attention(nn.Module):
             if self.qk_norm is not None:
                 q = self.qk_norm.queries(q)
             return q, cache.k, cache.v
-        if self.rotate_qk_together and context is None and getattr(positions, "shared", True):
-            return self._project_rotated(x, positions, cache)
+        if context is None and self.rotates_together(positions):
+            return self.split_rotated(self.qkv.to_qkv(x), positions, cache)
         q, k, v = self.qkv(x, context)
         q = self._heads(q, self.heads)
         k, v = self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
@@ -282,13 +282,18 @@ class Attention(nn.Module):
                 k, v = cache.update(k, v)
         return q, k, v
 
-    def _project_rotated(
-        self, x: Tensor, positions: Any, cache: LayerKVCache | None
+    def rotates_together(self, positions: Any) -> bool:
+        """Whether self-attention rotates its query and key heads in one pass (rotary without
+        qk-norm, with the same factors for queries and keys)."""
+        return self.rotate_qk_together and getattr(positions, "shared", True)
+
+    def split_rotated(
+        self, qkv: Tensor, positions: Any, cache: LayerKVCache | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Self-attention with rotary positions (no qk-norm, no xPos): the query and key heads
-        are rotated together in the (b, n, heads, d) layout of the fused projection."""
-        b, n, _ = x.shape
-        qkv = self.qkv.to_qkv(x)
+        """The fused projection's output (b, n, q + k + v) -> rotated q, k and v heads, the keys
+        and values cached: the query and key heads are rotated together, in the (b, n, heads,
+        d) layout of the projection (``rotates_together``)."""
+        b, n, _ = qkv.shape
         sizes, heads, kv_heads = self.qkv.sizes, self.heads, self.kv_heads
         qk_dim = sizes[0] + sizes[1]
         qk = qkv.narrow(-1, 0, qk_dim).view(b, n, heads + kv_heads, self.dim_head)

@@ -96,7 +96,7 @@ class LeanLoop:
             branch = block.branch
             skipped += [block, block.pre_norm, branch]
             if isinstance(branch, Attention):
-                skipped += [branch.attend, branch.to_out]
+                skipped += [branch.attend, branch.to_out, *branch.qkv.children()]
             else:
                 skipped += [branch.proj_in, branch.proj_out]
         return LeanLoop(steps, skipped)
@@ -130,11 +130,16 @@ def _attention(
     """Attention.forward for a plain self-attention layer, on (b, n, dim) -> (b * n, dim)."""
     attn = step.branch
     layer_cache = None if cache is None else cache.layer(step.slot, False)
-    q, k, v = attn._project(h, None, positions, layer_cache)
+    b, n = h.shape[:2]
+    if attn.rotates_together(positions):  # the projection as one 2-D product
+        to_qkv = attn.qkv.to_qkv
+        qkv = F.linear(h.view(b * n, -1), to_qkv.weight, to_qkv.bias).view(b, n, -1)
+        q, k, v = attn.split_rotated(qkv, positions, layer_cache)
+    else:
+        q, k, v = attn._project(h, None, positions, layer_cache)
     out = attn.attend.fused_attention(q, k, v, mask)
     if mask.row_valid is not None:
         out = out * mask.row_valid
-    b, _, n, _ = out.shape
     out = out.transpose(1, 2).reshape(b * n, -1)
     return F.linear(out, attn.to_out.weight, attn.to_out.bias)
 
