@@ -195,7 +195,11 @@ def unique_state_dict(module: nn.Module) -> tuple[dict[str, Tensor], dict[str, s
         storage = (t.device, t.untyped_storage().data_ptr())
         shared = storage in storages
         storages.add(storage)
-        tensors[name] = t.clone() if shared or not t.is_contiguous() else t
+        if not t.is_contiguous():  # e.g. column-major linear weights: written row-major
+            t = t.contiguous()
+        elif shared:
+            t = t.clone()
+        tensors[name] = t
     return tensors, tied
 
 

@@ -5,5 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
+# the same hypothesis examples on every run (see tests/conftest.py)
+export ANYFORMER_HYPOTHESIS="${ANYFORMER_HYPOTHESIS:-fixed}"
 # pyproject.toml already adds -q (addopts); a second -q would hide the summary line.
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -62,7 +62,8 @@ def test_fused_equals_explicit_and_causal_reads_no_future(opts, causal, seed):
     mask = torch.rand(2, 7, generator=gen) > 0.3
     with torch.no_grad():
         a, b = fused(x, mask=mask), explicit(x, mask=mask)
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        # float32 kernels that sum in other orders: 1.7e-5 was seen with every option at once
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-5)
         # padded keys: changing them changes nothing at the kept queries
         changed = torch.where(mask[..., None], x, torch.randn(2, 7, DIM, generator=gen))
         torch.testing.assert_close(fused(changed, mask=mask)[mask], a[mask], atol=1e-5, rtol=1e-5)

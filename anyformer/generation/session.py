@@ -19,6 +19,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..cache import KVCache
+from ..nn.layout import store_column_major
+from ..stack import AttentionLayers
 from .contrastive import ContrastiveScorer
 from .options import ContrastiveConfig
 from .sampling import Picker, plain_tokens
@@ -148,6 +150,9 @@ class Session:
             self.kwargs,
         )
         if cached:
+            stack = getattr(net, "attn_layers", None)
+            if isinstance(stack, AttentionLayers):
+                store_column_major(stack)  # the layout CPU matrix-vector products read fastest
             return CachedStepper(*args)
         return UncachedStepper(*args, pad_value=self.pad_value)
 
