@@ -80,6 +80,17 @@ def test_a_model_saved_after_generation_loads_back_bitwise(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_generating_under_inference_mode_leaves_a_trainable_model():
+    model = _model()
+    with torch.inference_mode():
+        AutoregressiveWrapper(model).generate(torch.randint(0, 40, (1, 3)), 2)
+    weight = model.attn_layers.layers[0].branch.qkv.to_qkv.weight
+    assert _column_major(weight) and not weight.is_inference()
+    loss = AutoregressiveWrapper(model)(torch.randint(0, 40, (2, 9)))
+    loss.backward()
+    assert weight.grad is not None and weight.grad.shape == (3 * 4 * 8, 32)
+
+
 def test_meta_weights_are_left_alone():
     with torch.device("meta"):
         linear = nn.Linear(4, 3)

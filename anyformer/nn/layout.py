@@ -36,6 +36,9 @@ def store_column_major(module: nn.Module) -> int:
             or data.stride() == (1, data.shape[0])
         ):
             continue
-        weight.data = data.t().contiguous().t()
+        # a normal tensor even when called under torch.inference_mode (generate inside one):
+        # an inference tensor could not take part in training afterwards
+        with torch.inference_mode(False):
+            weight.data = data.t().contiguous().t()
         count += 1
     return count
