@@ -87,9 +87,7 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def build(
-    impl: Impl, args: argparse.Namespace, device: torch.device, extra: dict | None = None
-):
+def build(impl: Impl, args: argparse.Namespace, device: torch.device, extra: dict | None = None):
     """Build an AutoregressiveWrapper(TransformerWrapper(Decoder)) with a fixed seed;
     ``extra``: more Decoder keywords (a case's variant, e.g. grouped-query attention)."""
     kw = model_kwargs(args)
