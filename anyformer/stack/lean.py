@@ -137,9 +137,7 @@ def _attention(
         q, k, v = attn.split_rotated(qkv, positions, layer_cache)
     else:
         q, k, v = attn._project(h, None, positions, layer_cache)
-    out = attn.attend.fused_attention(q, k, v, mask)
-    if mask.row_valid is not None:
-        out = out * mask.row_valid
+    out, _ = attn.attend.forward(q, k, v, mask)
     out = out.transpose(1, 2).reshape(b * n, -1)
     return F.linear(out, attn.to_out.weight, attn.to_out.bias)
 

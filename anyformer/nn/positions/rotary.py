@@ -56,11 +56,17 @@ class RotaryAngles:
         return self.q_cos.transpose(1, 2), self.q_sin.transpose(1, 2)
 
 
+def _pad(t: Tensor, rest: int, value: float) -> Tensor:
+    """Extend the last dim by `rest` features of `value` (the features rotary leaves alone)."""
+    if rest == 0:
+        return t
+    return torch.cat((t, t.new_full((*t.shape[:-1], rest), value)), dim=-1)
+
+
 def _full_width(cos: Tensor, sin: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
     """(..., r/2) cos/sin -> the full-width factors [cos, cos, 1...] and [-sin, sin, 0...]."""
     rest = head_dim - 2 * cos.shape[-1]
-    ones = cos.new_ones(*cos.shape[:-1], rest)
-    return torch.cat((cos, cos, ones), -1), torch.cat((-sin, sin, ones * 0), -1)
+    return _pad(torch.cat((cos, cos), -1), rest, 1.0), _pad(torch.cat((-sin, sin), -1), rest, 0.0)
 
 
 def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, rot_dim: int) -> Tensor:
@@ -235,8 +241,8 @@ class GivenRotary:
     """Rotary frequencies passed to ``forward(rotary_pos_emb=(freqs, xpos_scale))``, as
     x-transformers' ``RotaryEmbedding`` returns them: ``freqs`` (n, r) or (b, n, r), the angle
     of each rotated feature of each row (``[theta, theta]`` over the two halves), and
-    ``xpos_scale`` (None, a number, or a tensor broadcasting to freqs) that scales the queries
-    and divides the keys. The rows computed by a call are the last ones of ``freqs``."""
+    ``xpos_scale`` (None, a number, or a tensor of freqs' shape) that scales the queries and
+    divides the keys. The rows computed by a call are the last ones of ``freqs``."""
 
     freqs: Tensor
     xpos_scale: Tensor | float | None
@@ -272,8 +278,8 @@ class GivenRotary:
             scale = None if scale == 1 else float(scale)
         elif scale is not None and not isinstance(scale, Tensor):
             raise ValueError(
-                "rotary_pos_emb: xpos_scale must be None, a number or a tensor broadcasting to "
-                f"freqs, got {type(scale).__name__}"
+                "rotary_pos_emb: xpos_scale must be None, a number or a tensor of freqs' shape, "
+                f"got {type(scale).__name__}"
             )
         return GivenRotary(freqs, scale)
 
@@ -287,29 +293,23 @@ class GivenRotary:
 
     def angles(self, n: int, after: int, head_dim: int) -> RotaryAngles:
         """The rotation of n rows that end ``after`` rows before the last one of freqs."""
-        end = self.freqs.shape[-2] - after
-        freqs = self.freqs.narrow(-2, end - n, n)
-        freqs = freqs if freqs.ndim == 3 else freqs.unsqueeze(0)  # (b|1, n, r)
-        freqs = freqs.unsqueeze(1).float()  # (b|1, 1, n, r)
-        half, rest = freqs.shape[-1] // 2, head_dim - freqs.shape[-1]
-        sign = torch.ones_like(freqs)
-        sign[..., :half] = -1.0  # rotate_half: (-x2, x1)
-        cos, sin = freqs.cos(), freqs.sin() * sign
+        freqs = _rows(self.freqs, n, after).float()  # (b|1, 1, n, r)
         rot_dim = freqs.shape[-1]
-        if self.xpos_scale is None:
-            cos, sin = _pad(cos, rest, 1.0), _pad(sin, rest, 0.0)
-            return RotaryAngles(cos, sin, cos, sin, rot_dim)
+        half, rest = rot_dim // 2, head_dim - rot_dim
+        cos, sin = freqs.cos(), freqs.sin()
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)  # rotate_half: (-x2, x1)
+        q = (_pad(cos, rest, 1.0), _pad(sin, rest, 0.0))
         scale = self.xpos_scale
+        if scale is None:
+            return RotaryAngles(*q, *q, rot_dim)
         if isinstance(scale, Tensor):
-            scale = scale.to(freqs.dtype).narrow(-2, scale.shape[-2] - after - n, n)
-            scale = (scale if scale.ndim == 3 else scale.unsqueeze(0)).unsqueeze(1)
+            scale = _rows(scale, n, after).to(freqs.dtype)
         q = (_pad(cos * scale, rest, 1.0), _pad(sin * scale, rest, 0.0))
         k = (_pad(cos / scale, rest, 1.0), _pad(sin / scale, rest, 0.0))
         return RotaryAngles(*q, *k, rot_dim, shared=False)
 
 
-def _pad(t: Tensor, rest: int, value: float) -> Tensor:
-    """Extend the last dim by `rest` features of `value` (the features rotary leaves alone)."""
-    if rest == 0:
-        return t
-    return torch.cat((t, t.new_full((*t.shape[:-1], rest), value)), dim=-1)
+def _rows(t: Tensor, n: int, after: int) -> Tensor:
+    """Rows [len - after - n, len - after) of a (n, r) or (b, n, r) table, as (b|1, 1, n, r)."""
+    t = t.narrow(-2, t.shape[-2] - after - n, n)
+    return (t if t.ndim == 3 else t.unsqueeze(0)).unsqueeze(1)
