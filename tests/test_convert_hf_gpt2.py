@@ -3,12 +3,16 @@ same greedy continuation; a folder written by transformers loads without it."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from hf_models import TOL, VOCAB, hf_greedy, max_diff, our_greedy, padded_batch, same_parameters
 from hf_models import tiny_gpt2 as tiny
+from safetensors.torch import load_file, save_file
 
 from anyformer import TransformerWrapper
 from anyformer.convert import UnsupportedHFModel, from_hf, from_hf_dir
@@ -137,4 +141,127 @@ def test_unsupported_architecture_and_unknown_tensors_raise(tmp_path):
     with pytest.raises(
         UnsupportedHFModel, match=re.escape("missing tensor 'transformer.ln_f.bias'")
     ):
+        from_hf_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------- hostile folders
+
+
+def _sharded(tmp_path):
+    folder = tmp_path / "sharded"
+    tiny(seed=8).save_pretrained(folder, max_shard_size="20KB")
+    return folder, folder / "model.safetensors.index.json"
+
+
+def _point_first_shard(index, target: str) -> None:
+    data = json.loads(index.read_text())
+    first = sorted(set(data["weight_map"].values()))[0]
+    data["weight_map"] = {k: (target if v == first else v) for k, v in data["weight_map"].items()}
+    index.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "shard, message",
+    [
+        ("../outside.safetensors", r"shard '\.\./outside\.safetensors' is outside the model"),
+        ("sub/../../outside.safetensors", r"is outside the model folder"),
+        ("/etc/passwd", r"shard '/etc/passwd' is outside the model folder"),
+        ("", r"a shard must be a file name, got ''"),
+    ],
+)
+def test_shard_index_paths_stay_in_the_folder(tmp_path, shard, message):
+    folder, index = _sharded(tmp_path)
+    first = folder / sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]
+    first.rename(tmp_path / "outside.safetensors")  # the file the index would reach
+    _point_first_shard(index, shard)
+    with pytest.raises(ValueError, match=message):
+        from_hf_dir(folder)
+
+
+def test_a_shard_symlink_leading_outside_is_refused(tmp_path):
+    folder, index = _sharded(tmp_path)
+    first = folder / sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]
+    first.rename(tmp_path / "outside.safetensors")
+    first.symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(ValueError, match=r"leads outside the model folder"):
+        from_hf_dir(folder)
+
+
+def test_hub_cache_snapshots_may_link_into_their_blobs(tmp_path):
+    """The Hugging Face hub cache keeps snapshots/<rev>/<file> as links to ../../blobs/<hash>."""
+    hf = tiny(seed=8)
+    cache = tmp_path / "models--x--y"
+    snapshot = cache / "snapshots" / "abc"
+    hf.save_pretrained(snapshot, max_shard_size="20KB")
+    (cache / "blobs").mkdir()
+    for file in snapshot.glob("*.safetensors"):
+        blob = cache / "blobs" / file.name
+        file.rename(blob)
+        file.symlink_to(Path("../../blobs") / file.name)
+    same_parameters(from_hf_dir(snapshot), from_hf(hf))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_integer_tensors_are_refused_not_cast(tmp_path, dtype):
+    hf = tiny()
+    hf.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state["transformer.h.0.mlp.c_fc.bias"] = torch.ones(128, dtype=dtype)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(
+        ValueError, match=rf"tensor 'transformer\.h\.0\.mlp\.c_fc\.bias' is stored as {dtype}"
+    ):
+        from_hf_dir(tmp_path)
+
+
+def test_tensors_of_another_dtype_than_config_declares_are_refused(tmp_path):
+    hf = tiny()
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    declared = "dtype" if "dtype" in config else "torch_dtype"
+    assert config[declared] == "float32"
+    state = load_file(tmp_path / "model.safetensors")
+    state["transformer.wte.weight"] = state["transformer.wte.weight"].half()
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(
+        ValueError, match=r"'transformer\.wte\.weight' is stored as torch\.float16, but .*float32"
+    ):
+        from_hf_dir(tmp_path)
+
+
+def test_a_config_far_larger_than_the_checkpoint_fails_fast(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["n_layer"] = 100_000
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"larger than its weights.*n_layer=100000"):
+        from_hf_dir(tmp_path)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("n_layer", "x", r"\(TypeError: AttentionLayers: depth must be int, got 'x'"),
+        ("n_embd", None, r"\(TypeError: unsupported operand"),
+        ("n_head", 0, r"\(ZeroDivisionError: integer modulo by zero\)"),
+    ],
+)
+def test_config_values_of_the_wrong_type_raise_one_value_error(tmp_path, key, value, message):
+    tiny().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"cannot build the GPT-2 model from its config " + message
+    ):
+        from_hf_dir(tmp_path)
+
+
+def test_a_truncated_checkpoint_raises_one_value_error(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors: corrupt or unreadable"):
         from_hf_dir(tmp_path)

@@ -146,3 +146,19 @@ def test_checkpoints_with_2x_norm_names_are_refused_with_the_reason() -> None:
     assert "attn_layers.final_norm.gamma" in state
     with pytest.raises(ValueError, match=r"keys ending in '\.gamma' are LayerNorm gains"):
         load_x_transformers_state_dict(_lm(af), state)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.int64, torch.bool, torch.float16], ids=["int64", "bool", "float16"]
+)
+def test_tensors_of_another_dtype_are_refused_not_cast(dtype) -> None:
+    torch.manual_seed(0)
+    state = _lm(xt).state_dict()
+    key = "attn_layers.layers.0.1.to_q.weight"
+    state[key] = torch.ones(32, 32, dtype=dtype)
+    ours = _lm(af)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        load_x_transformers_state_dict(ours, state)
+    assert f"{key}: {dtype} in state_dict, the model holds torch.float32" in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..serialization import ModelTooLarge, build_on_meta, too_large
 from .hf_base import HFConfig, HFFamily, UnsupportedHFModel, WeightLoader
 
 __all__ = [
@@ -113,8 +114,18 @@ def _convert(
     family = _family(config.get("model_type"))
     head = _head(family, architecture)
     hf_config = HFConfig(config, family.name)
-    with torch.device("meta"):
-        model = family.build(hf_config, head)
+    shapes = [tuple(t.shape) for t in tensors.values()]
+    try:
+        model = build_on_meta(lambda: family.build(hf_config, head), shapes)
+    except ModelTooLarge as e:
+        raise UnsupportedHFModel(too_large(source, shapes, e, dict(config))) from None
+    except UnsupportedHFModel:
+        raise
+    except Exception as e:  # a value of the wrong type or range in config.json
+        raise UnsupportedHFModel(
+            f"{source}: cannot build the {family.name} model from its config "
+            f"({type(e).__name__}: {e})"
+        ) from e
     model = _materialise(model, device, dtype)
     prefix = _prefix(family, tensors, source)
     loader = WeightLoader(tensors, model, source, prefix=prefix, ignore=family.ignore)
@@ -187,14 +198,51 @@ def _load_file(file: Path) -> dict[str, Tensor]:
     return dict(data)
 
 
-def _load_sharded(index: Path) -> dict[str, Tensor]:
+def _allowed_roots(folder: Path) -> tuple[Path, ...]:
+    """Where a shard may resolve to: the folder, and for a Hugging Face hub cache snapshot
+    (``.../snapshots/<revision>``, whose files are links into the repository's ``blobs``)
+    that ``blobs`` folder."""
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return tuple(roots)
+
+
+def shard_path(index: Path, shard: Any) -> Path:
+    """The file a checkpoint index names, confined to the index's folder: no absolute paths,
+    no ``..``, no symbolic link leading outside (ValueError otherwise)."""
+    if not isinstance(shard, str) or not shard:
+        raise ValueError(f"{index}: a shard must be a file name, got {shard!r}")
+    relative = PurePath(shard)
+    if relative.is_absolute() or PureWindowsPath(shard).is_absolute() or ".." in relative.parts:
+        raise ValueError(
+            f"{index}: shard {shard!r} is outside the model folder (absolute paths and '..' "
+            "are refused)"
+        )
+    path = index.parent / relative
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in _allowed_roots(index.parent)):
+        raise ValueError(f"{index}: shard {shard!r} leads outside the model folder (to {resolved})")
+    return path
+
+
+def _weight_map(index: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{index}: corrupt checkpoint index (needs a 'weight_map'): {e}") from e
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
+        raise ValueError(f"{index}: 'weight_map' must map tensor names to shard files")
+    for shard in weight_map.values():
+        shard_path(index, shard)
+    return weight_map
+
+
+def _load_sharded(index: Path) -> dict[str, Tensor]:
+    weight_map = _weight_map(index)
     tensors: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        loaded = _load_file(index.parent / shard)
+        loaded = _load_file(shard_path(index, shard))
         for name, file in weight_map.items():
             if file != shard:
                 continue
@@ -240,5 +288,23 @@ def from_hf_dir(
             f"{folder / CONFIG_NAME}: expected one class in 'architectures', got {architectures}"
         )
     file, tensors = read_hf_checkpoint(folder)
+    _check_declared_dtype(folder / CONFIG_NAME, config, tensors, str(file))
     dtype = dtype or _float_dtype(tensors.values())
     return _convert(config, architectures[0], tensors, str(file), dtype, device)
+
+
+def _check_declared_dtype(
+    config_file: Path, config: Mapping[str, Any], tensors: Mapping[str, Tensor], source: str
+) -> None:
+    """Floating tensors must be stored in the dtype config.json declares (``torch_dtype``, or
+    ``dtype`` in transformers 5), when it declares one."""
+    declared = config.get("torch_dtype", config.get("dtype"))
+    want = getattr(torch, declared, None) if isinstance(declared, str) else None
+    if not isinstance(want, torch.dtype) or not want.is_floating_point:
+        return
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.dtype != want:
+            raise ValueError(
+                f"{source}: tensor {name!r} is stored as {t.dtype}, but {config_file} declares "
+                f"torch_dtype {declared!r} (refusing to cast silently)"
+            )

@@ -179,7 +179,18 @@ class WeightLoader:
         if key not in self.tensors:
             raise UnsupportedHFModel(f"{self.source}: missing tensor {key!r}")
         self.used.add(key)
-        return self.tensors[key]
+        return self._floating(key)
+
+    def _floating(self, key: str) -> Tensor:
+        """Checkpoint tensor ``key``, which must be floating (weights are never cast from an
+        integer or bool tensor)."""
+        value = self.tensors[key]
+        if not value.is_floating_point():
+            raise UnsupportedHFModel(
+                f"{self.source}: tensor {key!r} is stored as {value.dtype}; a floating-point "
+                "weight was expected (refusing to cast it)"
+            )
+        return value
 
     def take_optional(self, name: str) -> Tensor | None:
         return self.take(name) if self.has(name) else None
@@ -199,6 +210,11 @@ class WeightLoader:
             raise UnsupportedHFModel(
                 f"{self.source}: {name}: the anyformer model {have} this parameter but the "
                 "checkpoint " + ("does not" if value is None else "does")
+            )
+        if value.is_floating_point() != param.is_floating_point():
+            raise UnsupportedHFModel(
+                f"{self.source}: {name} is stored as {value.dtype}, the anyformer model holds "
+                f"{param.dtype} (refusing to cast it)"
             )
         if tuple(param.shape) != tuple(value.shape):
             raise UnsupportedHFModel(
@@ -281,7 +297,7 @@ class WeightLoader:
         if key not in self.tensors:
             raise UnsupportedHFModel(f"{self.source}: missing tensor {key!r} (untied LM head)")
         self.used.add(key)
-        self.set(model.to_logits.weight, self.tensors[key], key)
+        self.set(model.to_logits.weight, self._floating(key), key)
 
     # ----------------------------------------------------------------- checks
 

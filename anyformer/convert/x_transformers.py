@@ -506,9 +506,10 @@ def load_x_transformers_state_dict(model: nn.Module, state_dict: Mapping[str, Te
     """Load a state_dict saved from x-transformers into ``model`` (built with the same keywords).
 
     Strict: every tensor of ``state_dict`` must be used and every tensor of ``model`` filled,
-    with the same shapes; otherwise a ValueError lists the unmatched keys and the shapes that
-    differ, and ``model`` is left unchanged. The encoder output head that x-transformers'
-    XTransformer builds but never uses (``encoder.to_logits.weight``) is accepted and dropped.
+    with the same shapes and dtypes (nothing is cast); otherwise a ValueError lists the
+    unmatched keys and the shapes and dtypes that differ, and ``model`` is left unchanged. The
+    encoder output head that x-transformers' XTransformer builds but never uses
+    (``encoder.to_logits.weight``) is accepted and dropped.
     """
     fn = "load_x_transformers_state_dict"
     _check_model(fn, model)
@@ -556,9 +557,12 @@ class _Match:
         self.new: dict[str, Tensor] = {}
         self.missing: list[str] = []
         self.shapes: list[str] = []
+        self.dtypes: list[str] = []
         self.rejected: list[str] = []
 
-    def _pop(self, key: str, shape: tuple[int, ...]) -> Tensor | None:
+    def _pop(
+        self, key: str, shape: tuple[int, ...], dtype: torch.dtype | None = None
+    ) -> Tensor | None:
         if key not in self.remaining:
             self.missing.append(f"{key}: {shape}")
             return None
@@ -566,16 +570,21 @@ class _Match:
         if _shape(value) != shape:
             self.shapes.append(f"{key}: {_shape(value)} in state_dict, {shape} expected")
             return None
+        if dtype is not None and value.dtype != dtype:
+            self.dtypes.append(f"{key}: {value.dtype} in state_dict, the model holds {dtype}")
+            return None
         return value
 
     def take(self, link: _Link) -> None:
         expected = self.expected[link.ours]
         target = _shape(expected if link.maps is None else link.maps[0](expected))
         if link.sizes is None:
-            pieces = [self._pop(link.theirs[0], target)]
+            pieces = [self._pop(link.theirs[0], target, expected.dtype)]
         else:
             shapes = [(rows, *target[1:]) for rows in link.sizes]
-            pieces = [self._pop(key, shape) for key, shape in zip(link.theirs, shapes)]
+            pieces = [
+                self._pop(key, shape, expected.dtype) for key, shape in zip(link.theirs, shapes)
+            ]
         if all(p is not None for p in pieces):
             value = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
             self.new[link.ours] = value if link.maps is None else link.maps[1](value)
@@ -595,6 +604,10 @@ class _Match:
             (f"keys of state_dict this {owner} has no place for", self._unused()),
             ("keys this model needs that state_dict lacks", self.missing),
             ("shapes that differ", self.shapes),
+            (
+                "dtypes that differ (no silent cast: convert the model or the tensors first)",
+                self.dtypes,
+            ),
             ("tensors anyformer cannot represent exactly", self.rejected),
         ]
         if not any(items for _, items in problems):
