@@ -92,6 +92,8 @@ def test_preset_then_overrides():
         (["dim=30", "heads=4", "attn_dim_head=abc"], "model: .*dim_head"),
         (["seq_len=64", "max_seq_len=32"], r"max_seq_len \(32\) must be >= seq_len \(64\)"),
         (["num_tokens=100"], "num_tokens must be an int >= 256"),
+        (["logits_dim=10"], r"logits_dim must be left unset \(it is num_tokens = 256 .*got 10"),
+        (['embed_num_tokens={"genre": 4}'], "embed_num_tokens is not supported by anyformer train"),
         (["steps"], "expected key=value"),
     ],
 )
@@ -177,3 +179,12 @@ def test_python_dash_m_anyformer_help():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--resume DIR" in proc.stdout and "key=value" in proc.stdout
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    file = tmp_path / "c.toml"
+    file.write_bytes(b"steps = 3\n# caf\xe9\n")
+    assert main(["train", "--config", str(file)]) == 2
+    assert capsys.readouterr().err == (
+        f"anyformer: error: config file '{file}' is not UTF-8 text (byte 0xe9 at offset 15)\n"
+    )

@@ -28,7 +28,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
+    root = tmp_path_factory.mktemp("ddp") / "runs"  # made by the tool: it gets a latest link
     proc = torchrun("train", *ARGS, "--out", str(root / "two"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     fsdp = torchrun("train", *ARGS, "fsdp=true", "--out", str(root / "fsdp"))
@@ -69,6 +69,7 @@ def test_same_losses_and_one_writer(runs):
         assert a[key] == pytest.approx(b[key], abs=1e-5)
     for name in ("two", "fsdp"):
         assert sorted(p.name for p in (root / name / "checkpoints").iterdir()) == ["step_0000001"]
+        assert not (root / name / ".anyformer.lock").exists()  # rank 0 locked, and released
     assert sorted(p.name for p in root.iterdir()) == ["fsdp", "latest", "one", "two"]
     run = json.loads((root / "two" / "run.json").read_text())
     assert run["world"] == 2

@@ -73,7 +73,7 @@ def _temporaries(run_dir) -> set[str]:
     """Checkpoint writes under way (or cut short): hidden temporary folders."""
     root = run_dir / "checkpoints"
     try:
-        return {p.name for p in root.iterdir() if p.name.startswith(".tmp-")}
+        return {p.name for p in root.iterdir() if p.name.startswith(".anyformer-tmp-")}
     except OSError:
         return set()
 
@@ -165,3 +165,4 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
     assert max(losses(out)) == step
     state = torch.load(checkpoint / STATE_NAME, weights_only=True)
     assert state["step"] == step
+    assert not (out / ".anyformer.lock").exists()  # Ctrl-C released the run folder's lock

@@ -32,7 +32,7 @@ def anyformer(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The CI version of the README's first command: a real `anyformer train` process."""
-    out = tmp_path_factory.mktemp("runs") / "run"
+    out = tmp_path_factory.mktemp("t") / "runs" / "run"  # runs/ made by the tool: latest too
     proc = anyformer("train", *TINY, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout
@@ -189,6 +189,19 @@ def test_a_corrupt_checkpoint_is_one_line(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"anyformer: error: {weights}: corrupt or unreadable safetensors file")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["eval", "generate"])
+def test_byte_commands_refuse_a_model_without_256_tokens(command, tmp_path, capsys):
+    from anyformer import AutoregressiveWrapper, Decoder, TransformerWrapper, save_pretrained
+
+    net = TransformerWrapper(num_tokens=100, max_seq_len=16, attn_layers=Decoder(dim=8, depth=1))
+    save_pretrained(AutoregressiveWrapper(net), tmp_path / "m")
+    assert main([command, str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err == (
+        f"anyformer: error: anyformer {command} reads and writes bytes, so it needs a model of "
+        f"at least 256 tokens in and out; '{tmp_path / 'm'}' has num_tokens=100, logits_dim=100\n"
+    )
 
 
 def test_console_script_entry_point():

@@ -14,7 +14,9 @@ from .config import TrainConfig
 from .distributed import resolve_device
 from .errors import CLIError
 
-__all__ = ["load_model", "none_or", "saved_train_config"]
+BYTE_VOCAB = 256
+
+__all__ = ["load_model", "none_or", "require_bytes", "saved_train_config"]
 
 
 def load_model(path: str, device: str = "auto") -> tuple[Path, nn.Module]:
@@ -22,15 +24,38 @@ def load_model(path: str, device: str = "auto") -> tuple[Path, nn.Module]:
     from .. import AutoregressiveWrapper
 
     folder = resolve_model_dir(path)
+    device = resolve_device(device)
     try:
-        model = load_pretrained(folder, device=resolve_device(device))
-    except ValueError as e:
-        raise CLIError(str(e), exit_code=1) from e
+        model = load_pretrained(folder, device=device)
+    except CLIError:
+        raise
+    except ValueError as e:  # the library names the file and the problem
+        raise CLIError(" ".join(str(e).split()), exit_code=1) from e
+    except Exception as e:  # a corrupt folder fails in many ways (safetensors, json, torch)
+        raise CLIError(f"cannot load '{folder}': {' '.join(str(e).split())}", exit_code=1) from e
     if not isinstance(model, AutoregressiveWrapper):
         if not hasattr(model, "num_tokens"):
             raise CLIError(f"{folder} holds a {type(model).__name__}, not a language model")
         model = AutoregressiveWrapper(model)
     return folder, model
+
+
+def require_bytes(folder: Path, lm: nn.Module, command: str) -> None:
+    """The byte commands need a model with a token per byte in and out, and no extra inputs."""
+    config = lm.net.config_dict()
+    num_tokens = config.get("num_tokens")
+    logits = config.get("logits_dim") or num_tokens
+    if not isinstance(num_tokens, int) or num_tokens < BYTE_VOCAB or logits < BYTE_VOCAB:
+        raise CLIError(
+            f"anyformer {command} reads and writes bytes, so it needs a model of at least "
+            f"{BYTE_VOCAB} tokens in and out; '{folder}' has num_tokens={num_tokens}, "
+            f"logits_dim={logits}"
+        )
+    if config.get("embed_num_tokens"):
+        raise CLIError(
+            f"anyformer {command} cannot run '{folder}': its embed_num_tokens "
+            f"{config['embed_num_tokens']!r} need embed_ids, which byte text has none of"
+        )
 
 
 def saved_train_config(folder: Path) -> TrainConfig | None:

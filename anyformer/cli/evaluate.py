@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .common import load_model, model_max_len, saved_train_config
+from .common import load_model, model_max_len, require_bytes, saved_train_config
 from .config import TrainConfig
 from .data import LN2, evaluate, load_data
 from .distributed import Dist
@@ -36,6 +36,7 @@ def add_parser(sub: Any, formatter: type) -> None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     folder, lm = load_model(args.dir, args.device)
+    require_bytes(folder, lm, "eval")
     config = saved_train_config(folder)
     if config is None:
         config = TrainConfig(seq_len=min(model_max_len(lm), 1024))

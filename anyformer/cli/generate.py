@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import load_model, none_or, saved_train_config
+from .common import load_model, none_or, require_bytes, saved_train_config
 from .config import TrainConfig
 from .errors import CLIError
 from .sampling import SamplingOptions, stream_bytes
@@ -47,6 +47,7 @@ def _pick(value: Any, default: Any) -> Any:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     folder, lm = load_model(args.dir, args.device)
+    require_bytes(folder, lm, "generate")
     saved = saved_train_config(folder) or TrainConfig()
     filters_given = any(arg.split("=")[0] in ("--top-k", "--top-p", "--min-p") for arg in argv)
     source = args if filters_given else saved  # a filter given replaces the run's set

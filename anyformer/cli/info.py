@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"parameters: {count_parameters(net):,}")
     run_dir = run_dir_of(folder)
     if run_dir is not None:
-        evals = [r for r in read_log(run_dir / LOG_FILE) if r.get("event") == "eval"]
+        evals = [r for r in read_log(run_dir / LOG_FILE) if "val_bpb" in r]
         step = int(folder.name.split("_")[-1])
         at = [r for r in evals if r.get("step") == step]
         score = f", validation bits per byte {at[-1]['val_bpb']:.4f}" if at else ""

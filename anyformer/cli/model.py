@@ -25,11 +25,28 @@ def model_keywords(config: TrainConfig, model: dict[str, Any]) -> dict[str, Any]
         raise CLIError(
             f"num_tokens must be an int >= {VOCAB_SIZE} for bytes, got {out['num_tokens']!r}"
         )
+    _check_byte_keywords(out)
     max_len = out["max_seq_len"]
     use_abs = out.get("use_abs_pos_emb", True) and not out.get("scaled_sinu_pos_emb", False)
     if isinstance(max_len, int) and use_abs and max_len < config.seq_len:
         raise CLIError(f"max_seq_len ({max_len}) must be >= seq_len ({config.seq_len})")
     return out
+
+
+def _check_byte_keywords(model: dict[str, Any]) -> None:
+    """Keywords a byte-level language model trained on bytes alone cannot take."""
+    logits_dim = model.get("logits_dim")
+    if logits_dim is not None and logits_dim != model["num_tokens"]:
+        raise CLIError(
+            f"logits_dim must be left unset (it is num_tokens = {model['num_tokens']} for a byte "
+            f"language model, whose targets are its input ids), got {logits_dim!r}"
+        )
+    if model.get("embed_num_tokens"):
+        raise CLIError(
+            "embed_num_tokens is not supported by anyformer train (its extra embeddings need "
+            f"embed_ids at every forward, which byte data has none of), got "
+            f"{model['embed_num_tokens']!r}"
+        )
 
 
 def _model_error(e: Exception) -> CLIError:

@@ -96,6 +96,27 @@ def parse_overrides(items: Sequence[str]) -> Layer:
     return layer
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text: UTF-8, at most 1 MiB; anything else is a one-line error."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise CLIError(f"config file {str(path)!r}: {e.strerror or e}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise CLIError(f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CLIError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {raw[e.start]:#04x} at offset "
+            f"{e.start})"
+        ) from e
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         import yaml
@@ -104,7 +125,7 @@ def _read_yaml(path: Path) -> Any:
             f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .toml file"
         ) from None
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(_read_text(path))
     except yaml.YAMLError as e:
         raise CLIError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
 
@@ -135,7 +156,7 @@ def load_config_file(path: str | Path) -> Layer:
     if suffix == ".toml":
         toml = _toml_module(path)
         try:
-            data = toml.loads(path.read_text(encoding="utf-8"))
+            data = toml.loads(_read_text(path))
         except toml.TOMLDecodeError as e:
             raise CLIError(f"{path}: invalid TOML: {e}") from e
     elif suffix in (".yaml", ".yml"):

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..serialization import atomic_write_text
+from .manifest import atomic_write_text, temp_name
 
 __all__ = ["RunLog", "plot_losses", "read_log"]
 
@@ -21,19 +21,39 @@ LN2 = math.log(2.0)
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The log's records; a line cut short by a crash is skipped."""
+    """The log's records; a line cut short by a crash, or any other garbage, is skipped.
+
+    A record is kept only when it is an object whose ``step`` is an int (and each of its
+    other numbers a number), so later code can trust what it reads.
+    """
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # also UnicodeDecodeError
             continue
-        if isinstance(record, dict):
+        if _valid(record):
             records.append(record)
     return records
+
+
+_NUMBERS = ("loss", "bpb", "lr", "tokens", "time", "val_loss", "val_bpb")
+
+
+def _valid(record: Any) -> bool:
+    if not isinstance(record, dict):
+        return False
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return False
+    return all(
+        isinstance(record[k], (int, float)) and not isinstance(record[k], bool)
+        for k in _NUMBERS
+        if k in record
+    )
 
 
 class RunLog:
@@ -48,7 +68,7 @@ class RunLog:
         """Keep only records up to ``step`` (resuming from a checkpoint taken at ``step``)."""
         if not self.enabled:
             return
-        kept = [r for r in read_log(self.path) if int(r.get("step", 0)) <= step]
+        kept = [r for r in read_log(self.path) if r["step"] <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -75,8 +95,10 @@ def plot_losses(log_path: Path, out_path: Path, title: str = "") -> Path | None:
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         return None
     records = read_log(log_path)
-    train = [(r["step"], r["bpb"]) for r in records if r.get("event") == "train"]
-    val = [(r["step"], r["val_bpb"]) for r in records if r.get("event") == "eval"]
+    train = [(r["step"], r["bpb"]) for r in records if r.get("event") == "train" and "bpb" in r]
+    val = [
+        (r["step"], r["val_bpb"]) for r in records if r.get("event") == "eval" and "val_bpb" in r
+    ]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     if train:
         steps, bpb = zip(*train)
@@ -101,7 +123,7 @@ def plot_losses(log_path: Path, out_path: Path, title: str = "") -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp.png")
+    tmp = out_path.with_name(temp_name(out_path.name))
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, out_path)

@@ -13,13 +13,11 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +25,15 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..serialization import atomic_write_text, read_config
+from ..serialization import read_config
 from .checkpoint import (
     LOG_FILE,
     PLOT_FILE,
     RUN_FILE,
     TRAIN_CONFIG_NAME,
-    clean_temporaries,
     list_checkpoints,
     load_state,
-    point_latest,
-    resolve_model_dir,
+    resume_checkpoint,
     run_dir_of,
     write_checkpoint,
 )
@@ -45,6 +41,7 @@ from .config import TrainConfig, config_keys
 from .data import LN2, BatchSampler, evaluate, load_data
 from .distributed import Dist, setup_distributed
 from .errors import CLIError
+from .manifest import atomic_write_text
 from .model import build_model, count_parameters
 from .overrides import (
     build_train_config,
@@ -53,6 +50,7 @@ from .overrides import (
     parse_overrides,
     resolve_layers,
 )
+from .rundir import Claim, claim_run_dir, new_default_run_dir, point_latest
 from .runlog import RunLog, plot_losses, read_log
 from .sampling import SamplingOptions, stream_bytes
 
@@ -103,21 +101,6 @@ def _format_time(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _new_run_dir(out: str | None) -> Path:
-    if out is not None:
-        path = Path(out)
-        # under torchrun only rank 0 checks: it may already have started writing there
-        if (path / RUN_FILE).exists() and os.environ.get("RANK", "0") == "0":
-            raise CLIError(f"{out!r} already holds a run: resume it with --resume {out}")
-        return path
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = Path("runs") / stamp, 1
-    while path.exists():
-        n += 1
-        path = Path("runs") / f"{stamp}-{n}"
-    return path
-
-
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
@@ -154,9 +137,10 @@ class Plan:
 
     config: TrainConfig
     model: dict[str, Any]
-    run_dir: Path
+    run_dir: Path | None  # None: a new runs/<timestamp>
     checkpoint: Path | None = None
     restart: bool = False  # a run stopped before its first checkpoint starts again
+    source_run: Path | None = None  # the run folder resumed (it may be written into)
 
 
 def _restart_plan(args: argparse.Namespace) -> Plan | None:
@@ -166,7 +150,8 @@ def _restart_plan(args: argparse.Namespace) -> Plan | None:
         return None
     layer = _resume_layers(args, _read_json(run_dir / RUN_FILE))
     config = build_train_config(layer)
-    return Plan(config, layer["model"], Path(args.out) if args.out else run_dir, restart=True)
+    out = Path(args.out) if args.out else run_dir
+    return Plan(config, layer["model"], out, restart=True, source_run=run_dir)
 
 
 def plan_run(args: argparse.Namespace) -> Plan:
@@ -176,19 +161,20 @@ def plan_run(args: argparse.Namespace) -> Plan:
             args.preset, args.config, args.overrides, {"data": args.data, "device": args.device}
         )
         config = build_train_config(layer)
-        return Plan(config, layer["model"], _new_run_dir(args.out))
+        return Plan(config, layer["model"], Path(args.out) if args.out else None)
     restart = _restart_plan(args)
     if restart is not None:
         return restart
-    checkpoint = resolve_model_dir(args.resume)
+    checkpoint = resume_checkpoint(args.resume)
     if not (checkpoint / TRAIN_CONFIG_NAME).is_file():
         raise CLIError(f"{checkpoint} is not a training checkpoint (no {TRAIN_CONFIG_NAME})")
     layer = _resume_layers(args, _read_json(checkpoint / TRAIN_CONFIG_NAME))
     config = build_train_config(layer)
-    run_dir = Path(args.out) if args.out else run_dir_of(checkpoint)
+    source = run_dir_of(checkpoint)
+    run_dir = Path(args.out) if args.out else source
     if run_dir is None:
         raise CLIError(f"{checkpoint} is not inside a run folder: give --out DIR for the new run")
-    return Plan(config, layer["model"], run_dir, checkpoint)
+    return Plan(config, layer["model"], run_dir, checkpoint, source_run=source)
 
 
 class Trainer:
@@ -196,11 +182,11 @@ class Trainer:
 
     def __init__(self, plan: Plan, dist: Dist, quiet: bool) -> None:
         self.plan = plan
+        self.claim: Claim | None = None  # rank 0: the locked run folder and its manifest
         self.config = config = plan.config
         self.dist = dist
         self.device = dist.device
         self.quiet = quiet or not dist.is_main
-        self.run_dir = plan.run_dir
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -219,11 +205,16 @@ class Trainer:
         self.train_seconds = 0.0
         self.stop_requested = False
         self.saved_step = -1
-        self.log = RunLog(self.run_dir / LOG_FILE, enabled=dist.is_main)
         self.model: nn.Module = self.lm
         self.num_params = count_parameters(self.lm)
 
     # ------------------------------------------------------------------ setup
+    def attach(self, run_dir: Path, claim: Claim | None) -> None:
+        """Write into ``run_dir`` from now on (rank 0 holds its ``claim``)."""
+        self.run_dir = run_dir
+        self.claim = claim
+        self.log = RunLog(run_dir / LOG_FILE, enabled=self.dist.is_main)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         params = [p for p in self.lm.parameters() if p.requires_grad]
@@ -362,9 +353,20 @@ class Trainer:
                 lm = build_model(self.config, self.plan.model)
                 lm.load_state_dict(full)
             train_config = {"train": dataclasses.asdict(self.config), "model": self.plan.model}
-            path = write_checkpoint(
-                self.run_dir, self.step, lm, state, train_config, self.config.keep_checkpoints
-            )
+            manifest = self.claim.manifest if self.claim is not None else None
+            if manifest is None:  # pragma: no cover - rank 0 always holds the claim
+                raise RuntimeError("the run folder is not claimed")
+            try:
+                path = write_checkpoint(
+                    self.run_dir, self.step, lm, state, train_config,
+                    self.config.keep_checkpoints, manifest,
+                )  # fmt: skip
+            except OSError as e:
+                raise CLIError(
+                    f"cannot write the checkpoint of step {self.step} in '{self.run_dir}': "
+                    f"{e.strerror or e}; the earlier checkpoints are intact",
+                    exit_code=1,
+                ) from e
         self.dist.barrier()
         self.saved_step = self.step
         return path
@@ -447,25 +449,26 @@ def _write_run_file(plan: Plan, trainer: Trainer, argv: list[str]) -> None:
         "world": trainer.dist.world,
         "data": trainer.data.source,
     }
-    atomic_write_text(plan.run_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
+    atomic_write_text(trainer.run_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
-def _prepare_run_dir(plan: Plan, trainer: Trainer, argv: list[str]) -> None:
-    run_dir = plan.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(run_dir)
+def _prepare_run_dir(plan: Plan, trainer: Trainer, argv: list[str], claim: Claim) -> None:
+    """The run's files (ours: the folder is claimed), and ``latest`` where it is ours."""
+    run_dir = trainer.run_dir
+    claim.manifest.add_file(LOG_FILE)
+    claim.manifest.add_file(RUN_FILE)
     if plan.restart:
         (run_dir / LOG_FILE).unlink(missing_ok=True)
     if plan.checkpoint is not None:
         source = run_dir_of(plan.checkpoint)
         if source is not None and source.resolve() != run_dir.resolve():
-            kept = [r for r in read_log(source / LOG_FILE) if r.get("step", 0) <= trainer.step]
+            kept = [r for r in read_log(source / LOG_FILE) if r["step"] <= trainer.step]
             text = "".join(json.dumps(r) + "\n" for r in kept)
             atomic_write_text(run_dir / LOG_FILE, text)
         trainer.log.truncate_after(trainer.step)
     if not (run_dir / RUN_FILE).exists() or plan.checkpoint is None:
         _write_run_file(plan, trainer, argv)
-    point_latest(run_dir)
+    point_latest(run_dir, claim.owns_parent)
 
 
 def _loop(trainer: Trainer) -> bool:
@@ -597,16 +600,78 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     plan = plan_run(args)
     dist = setup_distributed(plan.config.device)
     try:
-        return _train(plan, dist, args.quiet, argv)
+        with _sigterm_exits():
+            return _train(plan, dist, args.quiet, argv)
+    except OSError as e:  # a full disk, a folder gone, no permission: one line
+        where = f"{e.filename}: " if e.filename else ""
+        raise CLIError(f"{where}{e.strerror or e}", exit_code=1) from e
     finally:
         dist.shutdown()
 
 
+@contextlib.contextmanager
+def _sigterm_exits() -> Any:
+    """SIGTERM outside the training loop (whose handler saves first) exits through ``finally``."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _start_step(plan: Plan) -> int:
+    if plan.checkpoint is None:
+        return 0
+    name = plan.checkpoint.name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else 0
+
+
+def _claim(plan: Plan, dist: Dist) -> Claim | None:
+    """Rank 0 checks and locks the run folder; every process learns the outcome."""
+    claim, error = None, None
+    if dist.is_main:
+        try:
+            default = plan.run_dir is None
+            run_dir = new_default_run_dir() if default else plan.run_dir
+            claim = claim_run_dir(run_dir, plan.source_run, _start_step(plan), default)
+        except CLIError as e:
+            error = (str(e), e.exit_code)
+        except OSError as e:  # no permission, a read-only disk
+            error = (f"cannot use run folder '{plan.run_dir}': {e.strerror or e}", 1)
+    shared = dist.all_gather_object((error, str(claim.run_dir) if claim else None))[0]
+    error, run_dir = shared  # type: ignore[misc]
+    if error is not None:
+        raise CLIError(*error)
+    plan.run_dir = Path(run_dir)
+    return claim
+
+
 def _train(plan: Plan, dist: Dist, quiet: bool, argv: list[str]) -> int:
+    """Build (nothing written yet), claim the run folder, train; the lock goes on every exit."""
     trainer = Trainer(plan, dist, quiet)
     trainer.setup(plan.checkpoint)
-    if dist.is_main:
-        _prepare_run_dir(plan, trainer, argv)
+    claim = _claim(plan, dist)
+    try:
+        trainer.attach(plan.run_dir, claim)  # type: ignore[arg-type]  # set by _claim
+        return _train_claimed(plan, dist, argv, trainer, claim)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _train_claimed(
+    plan: Plan, dist: Dist, argv: list[str], trainer: Trainer, claim: Claim | None
+) -> int:
+    if claim is not None:
+        _prepare_run_dir(plan, trainer, argv, claim)
     _say(trainer, f"run folder: {plan.run_dir}")
     _say(trainer, _describe(trainer))
     if plan.checkpoint is not None:
@@ -625,9 +690,8 @@ def _train(plan: Plan, dist: Dist, quiet: bool, argv: list[str]) -> int:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
         trainer.log.close()
-    if dist.is_main:
-        title = f"{trainer.num_params:,} parameters, {trainer.step} steps"
-        plot_losses(plan.run_dir / LOG_FILE, plan.run_dir / PLOT_FILE, title)
+    if claim is not None:
+        _plot(trainer, claim)
     if not finished:
         if trainer.saved_step != trainer.step:
             trainer.save()
@@ -645,9 +709,19 @@ def _train(plan: Plan, dist: Dist, quiet: bool, argv: list[str]) -> int:
     return 0
 
 
+def _plot(trainer: Trainer, claim: Claim) -> None:
+    """``loss.png``, unless a file of that name is there that the run did not write."""
+    if not claim.manifest.owns_file(PLOT_FILE):
+        _say(trainer, f"not writing {PLOT_FILE}: a file of that name, not ours, is there")
+        return
+    claim.manifest.add_file(PLOT_FILE)
+    title = f"{trainer.num_params:,} parameters, {trainer.step} steps"
+    plot_losses(trainer.run_dir / LOG_FILE, trainer.run_dir / PLOT_FILE, title)
+
+
 def _report(trainer: Trainer) -> None:
     records = read_log(trainer.run_dir / LOG_FILE)
-    evals = [r for r in records if r.get("event") == "eval"]
+    evals = [r for r in records if r.get("event") == "eval" and "val_bpb" in r]
     final = evals[-1]["val_bpb"] if evals else float("nan")
     print(
         f"final validation bits per byte: {final:.3f} after {trainer.step} steps "

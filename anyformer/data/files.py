@@ -3,6 +3,12 @@
 The bytes are concatenated in a fixed order (a folder's files sorted by relative path, each
 ending in a newline), so the train/validation split, the last ``val_fraction`` of the bytes,
 is deterministic.
+
+Only regular files are read (a symlink is followed only when it ends at a regular file; FIFOs,
+devices and sockets are skipped in a folder and refused as ``path``), and reading stops at
+``max_bytes``: a file is read in chunks, never past what is still wanted. A file that looks
+binary (a NUL byte in its first 8 KiB, after decompression) is not text: a folder skips it, and
+the same file given alone is refused, so a file counts the same either way.
 """
 
 from __future__ import annotations
@@ -10,61 +16,140 @@ from __future__ import annotations
 import bz2
 import gzip
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 __all__ = ["load_text_splits", "read_text_bytes", "split_bytes"]
 
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
+_CHUNK = 1 << 20
+SNIFF = 8192
+"""A file whose first ``SNIFF`` bytes hold a NUL byte is binary."""
 
 
-def _read_file(path: Path) -> bytes:
-    opener = _COMPRESSED.get(path.suffix.lower())
+class _NotRegular(Exception):
+    """The path is not a regular file (a FIFO, a device, a socket, a dangling link)."""
+
+
+@contextmanager
+def _open_regular(path: Path) -> Iterator[BinaryIO]:
+    """Open ``path`` for reading only if it is a regular file, without blocking on a FIFO."""
     try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError as e:
+        raise _NotRegular(str(path)) from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotRegular(str(path))
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as raw:
+        opener = _COMPRESSED.get(path.suffix.lower())
         if opener is None:
-            return path.read_bytes()
-        with opener(path, "rb") as f:
-            return f.read()
+            yield raw
+        else:
+            with opener(raw, "rb") as f:
+                yield f
+
+
+def _read_upto(f: BinaryIO, limit: int | None) -> bytes:
+    """At most ``limit`` bytes of ``f`` (all of it for None), read in chunks."""
+    parts, total = [], 0
+    while limit is None or total < limit:
+        chunk = f.read(_CHUNK if limit is None else min(_CHUNK, limit - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
+def _read_file(path: Path, limit: int | None) -> bytes:
+    """Up to ``limit`` bytes of a regular file (decompressed); at least its first SNIFF bytes."""
+    want = None if limit is None else max(limit, SNIFF)
+    try:
+        with _open_regular(path) as f:
+            return _read_upto(f, want)
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"cannot read data file {path}: {e}") from e
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """Regular, non-hidden files under ``folder``, sorted by relative path."""
+    """Non-hidden regular files under ``folder`` (links to regular files too), sorted."""
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in names if not n.startswith("."))
+        for n in names:
+            path = Path(root) / n
+            if not n.startswith(".") and _is_regular(path):
+                files.append(path)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # follows a symlink to its end
+    except OSError:
+        return False
+
+
 def _is_binary(data: bytes) -> bool:
-    return b"\x00" in data[:8192]
+    return b"\x00" in data[:SNIFF]
+
+
+def _read_single(p: Path, max_bytes: int | None) -> bytes:
+    try:
+        data = _read_file(p, max_bytes)
+    except _NotRegular:
+        raise ValueError(
+            f"data path {str(p)!r} is not a regular file (a FIFO, device or socket)"
+        ) from None
+    if _is_binary(data):
+        raise ValueError(
+            f"data file {str(p)!r} looks binary (a NUL byte in its first {SNIFF} bytes); "
+            "give text (a folder skips such files)"
+        )
+    return data
+
+
+def _read_folder(p: Path, max_bytes: int | None) -> bytes:
+    parts, total = [], 0
+    for f in _folder_files(p):
+        if max_bytes is not None and total >= max_bytes:
+            break
+        try:
+            chunk = _read_file(f, None if max_bytes is None else max_bytes - total)
+        except _NotRegular:  # replaced since it was listed
+            continue
+        if _is_binary(chunk):
+            continue
+        chunk = chunk if chunk.endswith(b"\n") else chunk + b"\n"
+        parts.append(chunk)
+        total += len(chunk)
+    if not parts:
+        raise ValueError(f"data folder {str(p)!r} holds no text files")
+    return b"".join(parts)
 
 
 def read_text_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
     """The bytes of a text file, a .gz/.bz2 file, or every text file of a folder (sorted).
 
-    Files of a folder that look binary (a NUL byte in their first 8 KiB) are skipped.
+    At most ``max_bytes`` bytes are returned, and not much more is ever read.
     """
     p = Path(path)
-    if not p.exists():
+    if not os.path.lexists(p):
         raise ValueError(f"data path {str(path)!r} does not exist")
-    if p.is_file():
-        data = _read_file(p)
-    elif p.is_dir():
-        parts = []
-        for f in _folder_files(p):
-            chunk = _read_file(f)
-            if _is_binary(chunk):
-                continue
-            parts.append(chunk if chunk.endswith(b"\n") else chunk + b"\n")
-        if not parts:
-            raise ValueError(f"data folder {str(path)!r} holds no text files")
-        data = b"".join(parts)
+    if p.is_dir():
+        data = _read_folder(p, max_bytes)
+    elif p.exists():
+        data = _read_single(p, max_bytes)
     else:
-        raise ValueError(f"data path {str(path)!r} is neither a file nor a folder")
+        raise ValueError(f"data path {str(path)!r} is a link to nothing")
     if max_bytes is not None:
         data = data[:max_bytes]
     return data
