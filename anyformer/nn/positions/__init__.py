@@ -5,7 +5,9 @@
   by every self-attention layer to its new queries and keys;
 - alibi.py, t5_bias.py, dynamic_bias.py: additive attention biases, computed once per forward
   by the stack from query and key positions and merged into the attention mask.
-- left_padding.py: ``seq_start_pos`` (left-padded rows) as per-row positions and a key mask.
+- left_padding.py: ``seq_start_pos`` (left-padded rows) as per-row positions and a key mask;
+- tables.py: computed position tables stay float32 under any module dtype, and are normal
+  tensors even when grown under inference mode.
 """
 
 from __future__ import annotations

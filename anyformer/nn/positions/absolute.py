@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .tables import PositionTables, tables_mode
+
 __all__ = ["AbsolutePositionalEmbedding", "ScaledSinusoidalEmbedding"]
 
 
@@ -28,8 +30,10 @@ class AbsolutePositionalEmbedding(nn.Module):
         return F.normalize(emb, dim=-1) if self.l2norm_embed else emb
 
 
-class ScaledSinusoidalEmbedding(nn.Module):
-    """Fixed sinusoids times one learned scale (FLASH, https://arxiv.org/abs/2202.10447)."""
+class ScaledSinusoidalEmbedding(PositionTables):
+    """Fixed sinusoids times one learned scale (FLASH, https://arxiv.org/abs/2202.10447). The
+    frequencies and angles are float32 whatever the module dtype; the sinusoids are cast to the
+    scale's dtype."""
 
     def __init__(self, dim: int, theta: float = 10000.0) -> None:
         super().__init__()
@@ -42,12 +46,17 @@ class ScaledSinusoidalEmbedding(nn.Module):
 
     def reset_parameters(self) -> None:
         """The learned scale starts at dim**-0.5; the frequencies are recomputed (not saved)."""
-        half = self.dim // 2
         with torch.no_grad():
             self.scale.fill_(self.dim**-0.5)
-            exponent = torch.arange(half, device=self.inv_freq.device).float() / half
-            self.inv_freq.copy_(self.theta**-exponent)
+        with tables_mode():
+            self.reset_tables()
+
+    def reset_tables(self) -> None:
+        half = self.dim // 2
+        exponent = torch.arange(half, device=self.inv_freq.device, dtype=self.tables_dtype) / half
+        self.inv_freq = self.theta**-exponent
 
     def forward(self, pos: Tensor) -> Tensor:
         angles = pos.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq
-        return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale
+        sinusoids = torch.cat((angles.sin(), angles.cos()), dim=-1)
+        return sinusoids.to(self.scale.dtype) * self.scale

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from .tables import PositionTables, tables_mode
 
 __all__ = ["AlibiPositionalBias", "alibi_slopes"]
 
@@ -34,8 +36,9 @@ def alibi_slopes(heads: int) -> list[float]:
     return geometric(lower) + geometric(2 * lower)[0::2][: heads - lower]
 
 
-class AlibiPositionalBias(nn.Module):
-    """(q_pos (b|1, i), k_pos (b|1, j)) -> additive bias (b|1, heads, i, j)."""
+class AlibiPositionalBias(PositionTables):
+    """(q_pos (b|1, i), k_pos (b|1, j)) -> additive bias (b|1, heads, i, j), in the slopes'
+    precision (float32 whatever the module dtype; the attention mask casts the sum)."""
 
     def __init__(
         self, heads: int, total_heads: int | None = None, kv_heads: int | None = None
@@ -56,8 +59,11 @@ class AlibiPositionalBias(nn.Module):
         values = alibi_slopes(self.heads) + [0.0] * (self.total_heads - self.heads)
         kv, group = self.kv_heads, self.total_heads // self.kv_heads
         values = [values[(o % group) * kv + o // group] for o in range(self.total_heads)]
-        with torch.no_grad():
-            self.slopes.copy_(torch.tensor(values))
+        with tables_mode():
+            self.slopes = torch.tensor(values, dtype=self.tables_dtype, device=self.slopes.device)
+
+    def reset_tables(self) -> None:
+        self.reset_parameters()
 
     def forward(self, q_pos: Tensor, k_pos: Tensor, span: int | None = None) -> Tensor:
         distance = (k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)).abs()  # (b|1, i, j)

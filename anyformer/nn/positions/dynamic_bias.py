@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .tables import table_dtype
+
 __all__ = ["DynamicPositionBias"]
 
 
@@ -50,10 +52,12 @@ class DynamicPositionBias(nn.Module):
         if span is None:
             span = int(distance.abs().max()) + 1 if distance.numel() else 1
         weight = self.mlp[0][0].weight
-        table = torch.arange(-span + 1, span, device=distance.device, dtype=weight.dtype)
+        # distances (and their logs) in float32 at least, then the MLP's dtype
+        exact = table_dtype(weight.dtype)
+        table = torch.arange(-span + 1, span, device=distance.device, dtype=exact)
         if self.log_distance:
             table = torch.sign(table) * torch.log(table.abs() + 1)
-        table = table.unsqueeze(-1)
+        table = table.to(weight.dtype).unsqueeze(-1)
         for layer in self.mlp:
             table = layer(table)  # (2 span - 1, heads)
         return table[distance + span - 1].permute(0, 3, 1, 2)

@@ -18,17 +18,20 @@ The rotation is applied as ``t * C + swap(t) * S`` with full-width factors (C = 
 S = [-sin, sin, 0...], swap exchanging the two rotated halves): three kernels per tensor. The
 factor table is a non-persistent buffer covering positions [0, len), grown (doubled) when a
 longer sequence arrives; consecutive positions are a slice of it. Per-row positions are computed
-directly (the same arithmetic, so the same values).
+directly (the same arithmetic, so the same values). The frequencies and the table are float32
+whatever the module dtype (tables.py); the factors are cast to the activations' dtype once per
+forward, for every layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from .tables import PositionTables, tables_mode
 
 __all__ = ["GivenRotary", "RotaryAngles", "RotaryEmbedding", "apply_rotary"]
 
@@ -40,7 +43,8 @@ INITIAL_TABLE_LEN = 1024
 class RotaryAngles:
     """The rotation of the rows computed now: full-width factors (b|1, 1, n, dim_head) for
     queries and keys (they differ only with xPos, whose scales are folded in), and the number of
-    rotated features."""
+    rotated features. The factors are in the tables' precision (float32 at least);
+    :meth:`factors` gives them in the activations' dtype, cast once for every layer."""
 
     q_cos: Tensor
     q_sin: Tensor
@@ -48,12 +52,24 @@ class RotaryAngles:
     k_sin: Tensor
     rot_dim: int
     shared: bool = True  # queries and keys get the same factors (not with xPos)
+    _cast: dict[tuple[str, torch.dtype], tuple[Tensor, Tensor]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
-    @cached_property
-    def rows(self) -> tuple[Tensor, Tensor]:
-        """The query/key factors as (b|1, n, 1, dim_head), for tensors in the (b, n, heads, d)
-        layout (no xPos: queries and keys share them). Computed once, shared by every layer."""
-        return self.q_cos.transpose(1, 2), self.q_sin.transpose(1, 2)
+    def factors(self, kind: Literal["q", "k", "rows"], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The (cos, sin) factors of ``kind`` in ``dtype``: "q" and "k" as (b|1, 1, n, dim_head);
+        "rows" as (b|1, n, 1, dim_head), for tensors in the (b, n, heads, d) layout (no xPos:
+        queries and keys share them). Computed once per dtype, shared by every layer."""
+        key = (kind, dtype)
+        if key not in self._cast:
+            if kind == "rows":
+                cos, sin = self.q_cos.transpose(1, 2), self.q_sin.transpose(1, 2)
+            elif kind == "q":
+                cos, sin = self.q_cos, self.q_sin
+            else:
+                cos, sin = self.k_cos, self.k_sin
+            self._cast[key] = (cos.to(dtype), sin.to(dtype))
+        return self._cast[key]
 
 
 def _pad(t: Tensor, rest: int, value: float) -> Tensor:
@@ -81,8 +97,11 @@ def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, rot_dim: int) -> Tensor:
     return torch.addcmul(t * cos, torch.cat(parts, dim=-1), sin)
 
 
-class RotaryEmbedding(nn.Module):
-    """One per stack, shared by its self-attention layers: ``(q, k, positions) -> (q, k)``."""
+class RotaryEmbedding(PositionTables):
+    """One per stack, shared by its self-attention layers: ``(q, k, positions) -> (q, k)``.
+
+    Its tables (frequencies, cos/sin factors, xPos rates) are float32 whatever the module dtype
+    (float64 under ``.double()``); the factors are cast to the activations' dtype when applied."""
 
     def __init__(
         self,
@@ -135,18 +154,22 @@ class RotaryEmbedding(nn.Module):
 
     def reset_parameters(self) -> None:
         """Recompute the frequencies and the table (they are not saved; to_empty leaves garbage)."""
-        device = self.inv_freq.device
-        dtype = torch.promote_types(self.inv_freq.dtype, torch.float32)  # float64 stays float64
-        with torch.no_grad():
-            pairs = torch.arange(0, self.dim, 2, device=device, dtype=dtype)
-            self.inv_freq.copy_(1.0 / (self.base ** (pairs / self.dim)))
-            if self.xpos_zeta is not None:
-                # zeta_i = (2i + 0.4 r) / (1.4 r): the xPos paper's per-pair decay rates
-                self.xpos_zeta.copy_((pairs + 0.4 * self.dim) / (1.4 * self.dim))
-            self._fill_table(self.cos_table.shape[0])
+        with tables_mode():
+            self.reset_tables()
+
+    def reset_tables(self) -> None:
+        """The frequencies, xPos rates and factor table, in ``tables_dtype``."""
+        device, dtype = self.inv_freq.device, self.tables_dtype
+        pairs = torch.arange(0, self.dim, 2, device=device, dtype=dtype)
+        self.inv_freq = 1.0 / (self.base ** (pairs / self.dim))
+        if self.xpos_zeta is not None:
+            # zeta_i = (2i + 0.4 r) / (1.4 r): the xPos paper's per-pair decay rates
+            self.xpos_zeta = (pairs + 0.4 * self.dim) / (1.4 * self.dim)
+        self._fill_table(self.cos_table.shape[0])
 
     def _angles(self, positions: Tensor) -> Tensor:
-        """(...,) positions -> (..., r/2) angles p * inv_freq / interpolation_factor."""
+        """(...,) positions -> (..., r/2) angles p * inv_freq / interpolation_factor, in the
+        tables' precision (float32 at least)."""
         inv_freq = self.inv_freq
         dtype = torch.promote_types(inv_freq.dtype, torch.float32)
         angles = positions.to(dtype).unsqueeze(-1) * inv_freq.to(dtype)
@@ -157,15 +180,13 @@ class RotaryEmbedding(nn.Module):
     def _fill_table(self, length: int) -> None:
         positions = torch.arange(length, device=self.inv_freq.device)
         angles = self._angles(positions)
-        cos, sin = _full_width(angles.cos(), angles.sin(), self.head_dim)
-        self.cos_table = cos.to(self.cos_table.dtype)
-        self.sin_table = sin.to(self.sin_table.dtype)
+        self.cos_table, self.sin_table = _full_width(angles.cos(), angles.sin(), self.head_dim)
 
     def _table(self, start: int, n: int) -> tuple[Tensor, Tensor]:
         """Factors of positions start .. start + n - 1, (n, dim_head), growing the table if needed."""
         end = start + n
         if end > self.cos_table.shape[0]:
-            with torch.no_grad():
+            with tables_mode():  # a normal tensor even when grown under inference mode
                 self._fill_table(max(end, 2 * self.cos_table.shape[0]))
         return self.cos_table[start:end], self.sin_table[start:end]
 
@@ -213,20 +234,19 @@ class RotaryEmbedding(nn.Module):
         the angles the stack computed once for all its layers."""
         rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
         return (
-            apply_rotary(q, rot.q_cos, rot.q_sin, rot.rot_dim),
-            apply_rotary(k, rot.k_cos, rot.k_sin, rot.rot_dim),
+            apply_rotary(q, *rot.factors("q", q.dtype), rot.rot_dim),
+            apply_rotary(k, *rot.factors("k", k.dtype), rot.rot_dim),
         )
 
     def rotate_rows(self, t: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
         """Rotate t (b, n, heads, d), queries and keys side by side (``shares_qk_factors``)."""
         rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
-        cos, sin = rot.rows
-        return apply_rotary(t, cos, sin, rot.rot_dim)
+        return apply_rotary(t, *rot.factors("rows", t.dtype), rot.rot_dim)
 
     def rotate_values(self, v: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
         """Rotate values as keys (``rotary_embed_values``)."""
         rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
-        return apply_rotary(v, rot.k_cos, rot.k_sin, rot.rot_dim)
+        return apply_rotary(v, *rot.factors("k", v.dtype), rot.rot_dim)
 
     def extra_repr(self) -> str:
         extra = f", xpos_scale_base={self.xpos_scale_base}" if self.xpos_zeta is not None else ""
