@@ -673,7 +673,7 @@ def test_cache_with_encoder_raises():
 
 
 def test_encoder_generate_warns_once_and_recomputes(monkeypatch):
-    monkeypatch.setattr(session, "_warned", set())
+    monkeypatch.setattr(session, "_warned", session.WeakKeyDictionary())
     wrapper = AutoregressiveWrapper(encoder_net())
     prompts = prompt_list((3, 6), seed=22)
     with pytest.warns(UserWarning, match="cache") as record:
@@ -732,7 +732,7 @@ def test_sliding_window_variable_length_rows_equal_alone(cache_kv):
 
 
 def test_abs_pos_emb_past_max_seq_len_warns_and_recomputes(monkeypatch):
-    monkeypatch.setattr(session, "_warned", set())
+    monkeypatch.setattr(session, "_warned", session.WeakKeyDictionary())
     wrapper = AutoregressiveWrapper(windowed_net(depth=2))
     prompt = prompt_list((8,), seed=26)[0]
     with pytest.warns(UserWarning, match="max_seq_len"):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from gen_models import decoder_net
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anyformer import KVCache
+from anyformer import AutoregressiveWrapper, Encoder, KVCache, TransformerWrapper
 
 V = 32
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -146,3 +148,23 @@ def test_reorder_rejects_non_integer_indices():
         cache.reorder(torch.tensor([0.0, 1.0]))
     with pytest.raises(TypeError, match="batch_indices"):
         cache.reorder([0, 1])
+
+
+def test_the_cannot_cache_warning_is_given_once_per_model_not_once_per_process():
+    """A second model that falls back to decoding without a cache says so too."""
+
+    def encoder_lm() -> AutoregressiveWrapper:
+        stack = Encoder(dim=16, depth=1, heads=2)
+        return AutoregressiveWrapper(
+            TransformerWrapper(num_tokens=V, max_seq_len=32, attn_layers=stack)
+        )
+
+    prompt = tokens(1, 3, seed=5)
+    first, second = encoder_lm(), encoder_lm()
+    for lm in (first, second):
+        with pytest.warns(UserWarning, match="cannot cache keys/values; decoding without a cache"):
+            assert lm.generate(prompt, 2, cache_kv=True).shape == (1, 2)
+        with warnings.catch_warnings(record=True) as again:
+            warnings.simplefilter("always")
+            lm.generate(prompt, 2, cache_kv=True)
+        assert [str(w.message) for w in again if "cannot cache" in str(w.message)] == []

@@ -144,7 +144,9 @@ def test_relative_positions_decode_past_max_seq_len_with_the_cache(name):
 
 
 def test_absolute_positions_past_max_seq_len_fall_back_to_recomputation_or_raise(monkeypatch):
-    monkeypatch.setattr(session, "_warned", set())  # the warning is given once per process
+    monkeypatch.setattr(
+        session, "_warned", session.WeakKeyDictionary()
+    )  # the warning is given once per model
     model = _model({}, max_seq_len=16)
     lm = AutoregressiveWrapper(model)
     assert not model.capabilities()["kv_cache_beyond_max_seq_len"]

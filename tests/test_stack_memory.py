@@ -119,7 +119,7 @@ def test_sliding_window_generation_with_memory_tokens_is_cached_only_when_exact(
     assert model.capabilities()["kv_cache_beyond_max_seq_len"] is False
     wrapper = AutoregressiveWrapper(model)
     prompt = torch.randint(0, 32, (2, 5))
-    with warnings.catch_warnings():  # warned once per process: "decoding without a cache"
+    with warnings.catch_warnings():  # warned once per model: "decoding without a cache"
         warnings.simplefilter("ignore")
         cached = wrapper.generate(prompt, 12, temperature=0.0)
     assert torch.equal(cached, wrapper.generate(prompt, 12, temperature=0.0, cache_kv=False))

@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..nn.layout import store_column_major
 from ..stack import AttentionLayers
+from ..stack.lean import attach, detach
 from .contrastive import ContrastiveScorer
 from .options import ContrastiveConfig
 from .sampling import Picker, plain_tokens
@@ -29,13 +30,20 @@ from .steppers import CachedStepper, Stepper, UncachedStepper
 
 __all__ = ["GenerationIntermediates", "Session", "eval_mode", "resolve_cache", "warn_once"]
 
-_warned: set[str] = set()
+_COPY_FROM_STEPS, _COPY_UP_TO_ROWS = 64, 2
+"""Sessions of at least this many new tokens for at most this many rows decode from
+column-major weight copies: making them costs some dozen one-row steps of a small model, and
+products over more rows gain nothing from that layout."""
+
+# per model: the messages already given (a weak key, so the model itself is left untouched)
+_warned: WeakKeyDictionary[nn.Module, set[str]] = WeakKeyDictionary()
 
 
-def warn_once(message: str) -> None:
-    """Warn the first time a message is seen in this process."""
-    if message not in _warned:
-        _warned.add(message)
+def warn_once(message: str, model: nn.Module) -> None:
+    """Warn the first time `message` concerns `model` (every model gets its own warnings)."""
+    seen = _warned.setdefault(model, set())
+    if message not in seen:
+        seen.add(message)
         warnings.warn(message, stacklevel=4)
 
 
@@ -49,7 +57,8 @@ def resolve_cache(net: nn.Module, cache_kv: bool, total: int, restrict: bool) ->
     """Whether `net` decodes with a KV cache; warns (once) when it was asked and cannot."""
     if cache_kv and not getattr(net, "can_cache_kv", False):
         warn_once(
-            f"generate(cache_kv=True): {type(net).__name__} cannot cache keys/values; decoding without a cache"
+            f"generate(cache_kv=True): {type(net).__name__} cannot cache keys/values; decoding without a cache",
+            net,
         )
         return False
     window = model_window(net, restrict)
@@ -60,7 +69,8 @@ def resolve_cache(net: nn.Module, cache_kv: bool, total: int, restrict: bool) ->
         warn_once(
             "generate(cache_kv=True): prompt + seq_len exceeds max_seq_len, and with absolute "
             "positional embeddings or memory tokens a sliding window changes what earlier "
-            "positions computed; decoding without a cache"
+            "positions computed; decoding without a cache",
+            net,
         )
         return False
     return cache_kv
@@ -150,11 +160,16 @@ class Session:
             self.kwargs,
         )
         if cached:
+            stepper = CachedStepper(*args)
             stack = getattr(net, "attn_layers", None)
-            if isinstance(stack, AttentionLayers):
-                store_column_major(stack)  # the layout CPU matrix-vector products read fastest
-            return CachedStepper(*args)
+            if isinstance(stack, AttentionLayers):  # the session's own decoding loop
+                attach(stack, stepper.cache, copy_weights=self._copies_pay())
+            return stepper
         return UncachedStepper(*args, pad_value=self.pad_value)
+
+    def _copies_pay(self) -> bool:
+        """Whether column-major weight copies repay their making in this session."""
+        return self.seq_len >= _COPY_FROM_STEPS and self.prompts.shape[0] <= _COPY_UP_TO_ROWS
 
     def tokens(self) -> Iterator[Tensor]:
         """The raw token stream (b,) per step; eos handling is the caller's."""
@@ -171,6 +186,12 @@ class Session:
         return plain_tokens(start, step, self.pick, self.seq_len)
 
     def intermediates(self) -> GenerationIntermediates:
+        """The caches and statistics of the session, which ends its decoding loops: calls the
+        user makes with those caches run the model's current blocks."""
+        for stepper in (self.expert, *self.amateurs, self.draft):
+            cache = getattr(stepper, "cache", None)
+            if cache is not None:
+                detach(cache)
         return GenerationIntermediates(
             cache=getattr(self.expert, "cache", None),
             amateur_caches=[getattr(a, "cache", None) for a in self.amateurs],

@@ -76,8 +76,6 @@ class FeedForward(nn.Module):
         self.post_act_norm = LayerNorm(inner) if config.post_act_ln else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         self.proj_out = nn.Linear(inner, dim_out, bias=bias)
-        # the hidden-unit modules that do something (an identity norm or p=0 dropout is skipped)
-        self._hidden_ops = tuple(m for m in (self.post_act_norm, self.dropout) if _acts(m))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -89,13 +87,4 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.act(self.proj_in(x))
-        for op in self._hidden_ops:
-            h = op(h)
-        return self.proj_out(h)
-
-
-def _acts(module: nn.Module) -> bool:
-    """False for a module that returns its input unchanged (identity, dropout with p=0)."""
-    if isinstance(module, nn.Identity):
-        return False
-    return not (isinstance(module, nn.Dropout) and module.p == 0)
+        return self.proj_out(self.dropout(self.post_act_norm(h)))

@@ -20,6 +20,11 @@ from ..nn.residual import Residual
 
 __all__ = ["AttentionBlock", "Block", "FeedForwardBlock", "StackRun"]
 
+_GLOBAL_HOOKS = (
+    nn.modules.module._global_forward_hooks,
+    nn.modules.module._global_forward_pre_hooks,
+)
+
 
 @dataclass
 class StackRun:
@@ -74,13 +79,22 @@ class Block(nn.Module):
         self.post_norm = post_norm or nn.Identity()
         self.token_shift = token_shift
         self.dual_scale = dual_scale
-        # the pre-LN block of most models: the branch output is simply added to the stream
-        self.plain_join = (
-            post_branch_norm is None
-            and post_norm is None
-            and dual_scale is None
-            and type(self.residual) is Residual
-            and self.residual.is_sum
+
+    @property
+    def plain_join(self) -> bool:
+        """Whether the branch output is simply added to the stream (the pre-LN block of most
+        models). Read from the current slots on every call: a norm, residual or hook set after
+        construction takes effect."""
+        slots = self._modules
+        residual = slots["residual"]
+        return (
+            self.dual_scale is None
+            and type(residual) is Residual
+            and residual.is_sum
+            and not _hooked(residual)
+            and type(slots["post_branch_norm"]) is nn.Identity
+            and type(slots["post_norm"]) is nn.Identity
+            and not (_hooked(slots["post_branch_norm"]) or _hooked(slots["post_norm"]))
         )
 
     @property
@@ -104,6 +118,13 @@ class Block(nn.Module):
         if self.dual_scale is not None and run is not None:
             run.dual = run.dual + out * self.dual_scale
         return self.post_norm(self.residual(x, self.post_branch_norm(out)))
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling the module would run a forward hook (its own or a global one)."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]
+    )
 
 
 class FeedForwardBlock(Block):
@@ -156,9 +177,9 @@ class AttentionBlock(Block):
         if run.collect or carry:
             out, inter = out
             if carry and self.is_cross:
-                run.prev_cross_attn = inter.pre_softmax_attn
+                run.prev_cross_attn = inter.carried_scores
             elif carry:
-                run.prev_attn = inter.pre_softmax_attn
+                run.prev_attn = inter.carried_scores
             if run.collect:
                 inter.layer_type = self.layer_type
                 run.attn_intermediates.append(inter)

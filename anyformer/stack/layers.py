@@ -24,7 +24,7 @@ from ..nn.positions.left_padding import check_seq_start_pos
 from ..nn.positions.rotary import GivenRotary
 from ..nn.token_dropout import drop_tokens
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
-from .lean import LeanLoop
+from .lean import loop_for
 from .memory import remember
 from .structure import attention_config, block_slots, feedforward_branch, feedforward_config
 
@@ -82,21 +82,50 @@ class AttentionLayers(nn.Module):
             build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
         )
         self.attn_bias = build_attn_bias(config)  # additive position bias (ALiBi, T5, ...)
-        self._set_execution_order(config.execution_order)
+        self.set_execution_order(config.execution_order)
 
-    def _set_execution_order(self, order: tuple[int, ...]) -> None:
-        """Blocks run in `order` (indices into self.layers); each attention execution owns one
-        KV-cache slot (and a token-shifting block one more, after it), so a block run twice
-        (weight tying, custom orders) caches twice."""
+    def set_execution_order(self, order: tuple[int, ...] | None) -> None:
+        """Blocks run in `order` (indices into self.layers; None: every block once, in order).
+
+        Each attention execution owns one KV-cache slot (and a token-shifting block one more,
+        after it), so a block run twice (weight tying, custom orders) caches twice. The plan is
+        derived from the current ``self.layers`` on every forward: with the default order a
+        truncated or extended ModuleList runs as it now is."""
+        if order is not None:
+            order = tuple(order)
+            count = len(self.layers)
+            if not all(type(i) is int and 0 <= i < count for i in order):
+                raise ValueError(
+                    f"order must hold indices into self.layers (ints in [0, {count})), got {order}"
+                )
+        if order is not None and order == tuple(range(len(self.layers))):
+            order = None
+        self._custom_order: tuple[int, ...] | None = order
+
+    @property
+    def execution_plan(self) -> tuple[tuple[int, int | None], ...]:
+        """(index into self.layers, KV-cache slot or None) per execution, in order."""
+        blocks = list(self.layers)
+        order = self._custom_order
+        if order is None:
+            order = range(len(blocks))
+        elif order and max(order) >= len(blocks):
+            raise ValueError(
+                f"{type(self).__name__}: the execution order {order} (layers_execute_order / "
+                f"weight_tie_layers) indexes layers up to {max(order)}, but self.layers now holds "
+                f"{len(blocks)} blocks: call set_execution_order(...) for the new layers"
+            )
         plan, slot = [], 0
         for index in order:
-            used = self.layers[index].cache_slots
+            used = blocks[index].cache_slots
             plan.append((index, slot if used else None))
             slot += used
-        self.execution_plan: tuple[tuple[int, int | None], ...] = tuple(plan)
-        # inference runs plain stacks without the per-block module machinery (same numbers)
-        self.lean = LeanLoop.build(self.layers, self.execution_plan)
-        self.uses_positions = self.attn_bias is not None or any(
+        return tuple(plan)
+
+    @property
+    def uses_positions(self) -> bool:
+        """Whether some current block reads positions (or the stack adds a position bias)."""
+        return self.attn_bias is not None or any(
             getattr(block.branch, "position", None) is not None
             for block in self.layers
             if block.layer_type == "a"
@@ -140,8 +169,12 @@ class AttentionLayers(nn.Module):
 
     @property
     def can_cache_kv(self) -> bool:
-        """Whether cached decoding is possible (causal self-attention)."""
-        return self.causal
+        """Whether cached decoding is possible (causal self-attention). Not with xPos beside
+        memory key/values or rotated values: their outputs depend on xPos's centre (the
+        sequence's middle), which a cache would fix at its first call."""
+        attn, positions = self.config.attention, self.config.positions
+        xpos_centred = positions.rotary_xpos and (attn.num_mem_kv > 0 or attn.rotary_embed_values)
+        return self.causal and not xpos_centred
 
     def attention_paths(self) -> tuple[dict[str, Any], ...]:
         """Per attention layer (in build order): its index in ``layers``, type ('a' self, 'c'
@@ -246,11 +279,9 @@ class AttentionLayers(nn.Module):
             run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
         if self.config.resi_dual:
             run.dual = x * self.config.resi_dual_scale
-        lean = self.lean
-        if lean is not None and not (self.training or run.collect) and lean.usable():
-            x = lean(x, run)
-        else:
-            x = self._run_blocks(x, run)
+        lean = None if self.training or run.collect else loop_for(self, cache)
+        use_lean = lean is not None and lean.usable()  # a generation session's decoding loop
+        x = lean(x, run) if use_lean else self._run_blocks(x, run)
         if run.collect:
             run.layer_hiddens.append(x)
         x = x + self.final_norm(run.dual) if run.dual is not None else self.final_norm(x)
@@ -268,11 +299,12 @@ class AttentionLayers(nn.Module):
 
     def _run_blocks(self, x: Tensor, run: StackRun) -> Tensor:
         """The blocks in execution order (stochastic depth skips some while training)."""
-        layers = self.layers
-        skip = self._dropped_layers(run.cache) if self.training else None
-        for step, (index, slot) in enumerate(self.execution_plan):
+        layers = list(self.layers)
+        plan = self.execution_plan
+        skip = self._dropped_layers(run.cache, plan) if self.training else None
+        for step, (index, slot) in enumerate(plan):
             if skip is not None and skip[step]:
-                if run.collect and self.layer_types[index] == "a":
+                if run.collect and layers[index].layer_type == "a":
                     run.hiddens.append(x)  # keeps one hidden (XL memory) per attention execution
                 continue
             x = layers[index](x, run, slot)
@@ -294,9 +326,12 @@ class AttentionLayers(nn.Module):
             mask = mask[:, -cache_age:]
         return x[:, -cache_age:], mask
 
-    def _dropped_layers(self, cache: KVCache | None) -> list[bool] | None:
+    def _dropped_layers(
+        self, cache: KVCache | None, plan: tuple[tuple[int, int | None], ...]
+    ) -> list[bool] | None:
         """Stochastic depth: which executions of the plan skip their layer this forward."""
-        probs = [self.layer_dropouts[index] for index, _ in self.execution_plan]
+        rates = self.layer_dropouts
+        probs = [rates[index] if index < len(rates) else 0.0 for index, _ in plan]
         if not any(probs):
             return None
         if cache is not None:

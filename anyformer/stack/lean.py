@@ -1,105 +1,155 @@
-"""The lean layer loop: the stack's blocks run as plain tensor code in inference.
+"""The decoding loop of one generation session: a plain stack's blocks run as plain tensor code.
 
 Most models are stacks of the plain pre-norm block: ``x + branch(norm(x))`` with self-attention
 on the fused kernel and a feedforward. For such stacks the loop below runs the same computations
-(the same module methods, the same kernels, so the same numbers) without the per-block module
-machinery: no ``nn.Module.__call__`` per block, branch and projection, no per-call option
-dispatch, and the stream kept as (b * n, dim) so that every projection is one 2-D matrix
-product. In cached decoding that machinery costs about as much as the arithmetic of a small
-model, once per layer and per token.
+(the same module methods and kernels, so the same numbers) without the per-block module
+machinery; for long one-row sessions on the CPU it multiplies by its own column-major copies of
+the linear weights, the layout CPU matrix-vector products read fastest (the session's choice,
+within COPY_BUDGET_BYTES). The model itself is never changed.
 
-It is chosen at construction (``LeanLoop.build`` returns None when some block is not plain) and
-used only where it cannot differ from the blocks: in eval mode, without intermediates, when no
-forward hook is registered on the modules it skips, and outside ``torch.compile`` (which removes
-this overhead itself).
+A loop is built by a generation session from the stack's modules as they are when the session
+starts (``LeanLoop.build`` returns None when some module is not of the exact type it knows) and
+attached to the session's KV cache, and detached when the session hands that cache to the user.
+The stack uses it only for calls with that cache, in eval mode, without intermediates, when no
+forward hook is registered on the modules it skips, and outside ``torch.compile``. Modules or
+weights changed while a ``stream`` is open are not followed by that stream (the next session
+sees them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..nn.attention import Attention
+from ..nn.attention import Attention, FusedQKV
 from ..nn.feedforward import FeedForward
 from ..nn.masks import AttentionMask
 from ..nn.positions.rotary import RotaryAngles
-from .blocks import AttentionBlock, Block, FeedForwardBlock, StackRun
+from .blocks import AttentionBlock, FeedForwardBlock, StackRun
 
-__all__ = ["LeanLoop"]
+__all__ = ["COPY_BUDGET_BYTES", "LeanLoop", "attach", "detach", "loop_for"]
+
+COPY_BUDGET_BYTES = 256 * 2**20
+"""At most this many bytes of column-major weight copies per session (larger stacks, and
+devices other than the CPU, decode from the model's own weights)."""
 
 _GLOBAL_HOOKS = (
     nn.modules.module._global_forward_hooks,
     nn.modules.module._global_forward_pre_hooks,
 )
 
+_LOOPS: WeakKeyDictionary[KVCache, LeanLoop] = WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """A linear map: the weight to multiply by (the session's copy or the module's own)."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
 
 @dataclass(frozen=True)
 class _Step:
-    """One execution of a block: its norm and branch, and its KV-cache slot (attention)."""
+    """One execution of a block: its norm and branch, its linear maps, its KV-cache slot."""
 
     norm: nn.Module
     branch: nn.Module
     slot: int | None
     is_attention: bool
+    maps: tuple[_Linear | None, ...]  # attention: (to_qkv or None, to_out); ff: (in, out)
+
+
+def _exact_linear(module: object) -> bool:
+    return type(module) is nn.Linear and type(module.weight) is nn.Parameter
 
 
 def _plain_attention(block: nn.Module) -> bool:
-    if not isinstance(block, AttentionBlock) or block.is_cross or block.carries_scores:
+    if type(block) is not AttentionBlock or block.is_cross or block.carries_scores:
         return False
     attn = block.branch
     return (
-        isinstance(attn, Attention)
+        type(attn) is Attention
         and attn.attend.fused
         and attn.prepended is None
         and attn.window is None
         and len(attn.head_ops) == 0
         and attn.to_v_gate is None
-        and type(attn.to_out) is nn.Linear
+        and _exact_linear(attn.to_out)
     )
 
 
 def _plain_feedforward(block: nn.Module) -> bool:
-    return isinstance(block, FeedForwardBlock) and type(block.branch) is FeedForward
+    if type(block) is not FeedForwardBlock or type(block.branch) is not FeedForward:
+        return False
+    ff = block.branch
+    return (
+        _exact_linear(ff.proj_in) and _exact_linear(ff.proj_out) and type(ff.dropout) is nn.Dropout
+    )
 
 
 def _plain_block(block: nn.Module) -> bool:
     return (
-        isinstance(block, Block)
-        and block.plain_join
+        block.plain_join
         and block.token_shift is None
         and (_plain_attention(block) or _plain_feedforward(block))
     )
 
 
+class _Weights:
+    """Column-major copies of the weights, within a byte budget."""
+
+    def __init__(self, linears: list[nn.Linear], copy: bool) -> None:
+        total = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+        self.copy = copy and total <= COPY_BUDGET_BYTES
+
+    def map(self, linear: nn.Linear) -> _Linear:
+        weight = linear.weight.detach()
+        if self.copy and weight.device.type == "cpu" and type(weight) is torch.Tensor:
+            weight = weight.t().contiguous().t()
+        bias = linear.bias
+        return _Linear(weight, None if bias is None else bias.detach())
+
+
 class LeanLoop:
     """The blocks of a plain stack in execution order, run without their module wrappers."""
 
-    def __init__(self, steps: list[_Step], skipped: list[nn.Module]) -> None:
+    def __init__(self, stack: nn.Module, steps: list[_Step], skipped: list[nn.Module]) -> None:
+        self.stack = stack
         self.steps = steps
         self.skipped = skipped  # the modules whose __call__ (and hooks) this loop bypasses
 
     @staticmethod
-    def build(layers: nn.ModuleList, plan: tuple[tuple[int, int | None], ...]) -> LeanLoop | None:
-        """The loop for these blocks and this execution plan; None if some block is not plain."""
+    def build(stack: nn.Module, copy_weights: bool = True) -> LeanLoop | None:
+        """The loop for the stack's current blocks and plan; None if some block is not plain.
+        ``copy_weights``: decode from column-major copies (CPU, within COPY_BUDGET_BYTES)."""
+        layers = list(stack.layers)
         if not all(_plain_block(block) for block in layers):
             return None
-        steps, skipped = [], []
-        for index, slot in plan:
-            block = layers[index]
-            attention = block.layer_type == "a"
-            steps.append(_Step(block.pre_norm, block.branch, slot, attention))
+        linears = [m for block in layers for m in block.branch.modules() if type(m) is nn.Linear]
+        weights = _Weights(linears, copy_weights)
+        maps = [_maps(block.branch, weights) for block in layers]
+        steps = [
+            _Step(layers[i].pre_norm, layers[i].branch, slot, layers[i].layer_type == "a", maps[i])
+            for i, slot in stack.execution_plan
+        ]
+        skipped: list[nn.Module] = []
         for block in layers:
             branch = block.branch
             skipped += [block, block.pre_norm, branch]
             if isinstance(branch, Attention):
-                skipped += [branch.attend, branch.to_out, *branch.qkv.children()]
+                skipped += [branch.attend, branch.to_out, branch.qkv, *branch.qkv.children()]
             else:
-                skipped += [branch.proj_in, branch.proj_out]
-        return LeanLoop(steps, skipped)
+                skipped += [branch.proj_in, branch.proj_out, branch.dropout]
+        return LeanLoop(stack, steps, skipped)
 
     def usable(self) -> bool:
         """No forward hook would be skipped, and no compiler is tracing."""
@@ -116,8 +166,37 @@ class LeanLoop:
             if step.is_attention:
                 x = x + _attention(step, h.view(b, n, d), cache, mask, positions)
             else:
-                x = x + _feedforward(step.branch, h)
+                x = x + _feedforward(step, h)
         return x.view(b, n, d)
+
+
+def attach(stack: nn.Module, cache: KVCache, copy_weights: bool = True) -> bool:
+    """Build the stack's loop for a decoding session whose calls pass `cache`; False when the
+    stack is not plain (it then runs its blocks)."""
+    loop = LeanLoop.build(stack, copy_weights)
+    if loop is not None:
+        _LOOPS[cache] = loop
+    return loop is not None
+
+
+def detach(cache: KVCache) -> None:
+    """End the session's use of its loop: later calls with this cache run the blocks."""
+    _LOOPS.pop(cache, None)
+
+
+def loop_for(stack: nn.Module, cache: KVCache | None) -> LeanLoop | None:
+    """The loop a session attached to this cache for this stack, if any."""
+    loop = None if cache is None else _LOOPS.get(cache)
+    return loop if loop is not None and loop.stack is stack else None
+
+
+def _maps(branch: nn.Module, weights: _Weights) -> tuple[_Linear | None, _Linear]:
+    """The linear maps the loop multiplies by directly, in _Step.maps order."""
+    if isinstance(branch, Attention):
+        qkv = branch.qkv
+        fused = type(qkv) is FusedQKV and _exact_linear(qkv.to_qkv)
+        return (weights.map(qkv.to_qkv) if fused else None, weights.map(branch.to_out))
+    return weights.map(branch.proj_in), weights.map(branch.proj_out)
 
 
 def _attention(
@@ -129,22 +208,23 @@ def _attention(
 ) -> Tensor:
     """Attention.forward for a plain self-attention layer, on (b, n, dim) -> (b * n, dim)."""
     attn = step.branch
+    to_qkv, to_out = step.maps
     layer_cache = None if cache is None else cache.layer(step.slot, False)
     b, n = h.shape[:2]
-    if attn.rotates_together(positions):  # the projection as one 2-D product
-        to_qkv = attn.qkv.to_qkv
-        qkv = F.linear(h.view(b * n, -1), to_qkv.weight, to_qkv.bias).view(b, n, -1)
+    if to_qkv is not None and attn.rotates_together(positions):  # one 2-D product
+        qkv = to_qkv(h.view(b * n, -1)).view(b, n, -1)
         q, k, v = attn.split_rotated(qkv, positions, layer_cache)
     else:
         q, k, v = attn._project(h, None, positions, layer_cache)
     out, _ = attn.attend.forward(q, k, v, mask)
-    out = out.transpose(1, 2).reshape(b * n, -1)
-    return F.linear(out, attn.to_out.weight, attn.to_out.bias)
+    return to_out(out.transpose(1, 2).reshape(b * n, -1))
 
 
-def _feedforward(ff: FeedForward, h: Tensor) -> Tensor:
+def _feedforward(step: _Step, h: Tensor) -> Tensor:
     """FeedForward.forward on (b * n, dim)."""
-    h = ff.act(F.linear(h, ff.proj_in.weight, ff.proj_in.bias))
-    for op in ff._hidden_ops:
-        h = op(h)
-    return F.linear(h, ff.proj_out.weight, ff.proj_out.bias)
+    ff = step.branch
+    proj_in, proj_out = step.maps
+    h = ff.post_act_norm(ff.act(proj_in(h)))
+    if ff.dropout.training:
+        h = ff.dropout(h)
+    return proj_out(h)

@@ -28,7 +28,8 @@ __all__ = ["remember", "self_attention_executions"]
 
 def self_attention_executions(stack: AttentionLayers) -> list[tuple[int, int]]:
     """(block index, cache slot) of every self-attention execution, in order."""
-    return [(i, s) for i, s in stack.execution_plan if stack.layer_types[i] == "a"]
+    layers = list(stack.layers)
+    return [(i, s) for i, s in stack.execution_plan if layers[i].layer_type == "a"]
 
 
 def remember(
@@ -79,6 +80,8 @@ def remember(
 
 
 def _check_mems(mems: Sequence[Tensor], b: int, d: int) -> int:
+    if not mems:  # a stack without self-attention returns mems=[]: no memories
+        return 0
     first = mems[0]
     for i, mem in enumerate(mems):
         if (
@@ -113,6 +116,8 @@ def _memory_mask(
         )
     for i, mask in enumerate(mem_masks):
         check_mask(f"mem_masks[{i}]", mask, (b, m), "batch, mem_len")
+    if not mem_masks:
+        return None
     first = mem_masks[0]
     if any(mask is not first and not torch.equal(mask, first) for mask in mem_masks[1:]):
         raise ValueError(

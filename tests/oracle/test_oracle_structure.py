@@ -112,7 +112,9 @@ def test_defect_xl_generate_after_a_segment_boundary() -> None:
 def test_interspersed_memory_generation_warns_and_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Interspersed memory tokens cannot decode with a KV cache: generate(cache_kv=True) says so
     once and decodes uncached, matching 1.28.2's greedy tokens."""
-    monkeypatch.setattr(session, "_warned", set())  # a fresh process's once-only warnings
+    monkeypatch.setattr(
+        session, "_warned", session.WeakKeyDictionary()
+    )  # a fresh process's once-only warnings
     row = next(r for r in ROWS if r.id == "memory-tokens-interspersed")
     ours, theirs = make_pair(row)
     assert ours.can_cache_kv is False and ours.capabilities()["kv_cache"] is False
