@@ -12,8 +12,12 @@ __all__ = [
     "check_attn_mask",
     "check_float_input",
     "check_mask",
+    "check_non_empty",
     "check_token_ids",
 ]
+
+# dtypes nn.Embedding indexes with as they are; other integer ids are converted to torch.long
+_INDEX_DTYPES = (torch.int64, torch.int32)
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -72,8 +76,22 @@ def check_float_input(name: str, x: Tensor | None, ndim: int, last_dim: int, wha
         )
 
 
-def check_token_ids(name: str, x: Tensor, num_tokens: int) -> None:
-    """(b, n) integer ids in [0, num_tokens)."""
+def check_non_empty(name: str, x: Tensor, dims: str) -> None:
+    """At least one row and one position: an empty batch or sequence raises (the attention
+    stack has nothing to attend over)."""
+    if x.ndim >= 2 and (x.shape[0] == 0 or x.shape[1] == 0):
+        raise ValueError(
+            f"{name} must hold at least one row and one position ({dims}), got shape {_shape(x)}"
+        )
+
+
+def check_token_ids(name: str, x: Tensor, num_tokens: int, sync: bool = True) -> None:
+    """(b, n) integer ids in [0, num_tokens), b >= 1 and n >= 1.
+
+    ``sync=True`` reads the smallest and largest id on the host (exact message, a host sync);
+    ``sync=False`` checks them with an asynchronous device-side assert instead (no sync: the
+    training hot loop on accelerators), which fails at a later synchronisation point.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a (batch, seq_len) integer tensor, got {type(x).__name__}")
     if x.dtype in (torch.bool,) or x.is_floating_point() or x.is_complex() or x.ndim != 2:
@@ -81,9 +99,16 @@ def check_token_ids(name: str, x: Tensor, num_tokens: int) -> None:
             f"{name} must be a (batch, seq_len) integer tensor of token ids, "
             f"got shape {_shape(x)} and dtype {x.dtype}"
         )
-    if x.numel() == 0 or torch.compiler.is_compiling():
+    check_non_empty(name, x, "batch >= 1, seq_len >= 1")
+    if torch.compiler.is_compiling():
         return  # reading the values would be a host sync and a graph break
     lo, hi = torch.aminmax(x)
+    if not sync and _assert_on_device(
+        (lo >= 0) & (hi < num_tokens),
+        f"{name} holds a token id outside the vocabulary [0, {num_tokens}) "
+        f"(num_tokens={num_tokens}); checked on the device without a host sync",
+    ):
+        return
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= num_tokens:
         bad = lo if lo < 0 else hi
@@ -93,11 +118,28 @@ def check_token_ids(name: str, x: Tensor, num_tokens: int) -> None:
         )
 
 
+def _assert_on_device(ok: Tensor, message: str) -> bool:
+    """An asynchronous device-side assert; False where the backend has none (then the caller
+    checks on the host)."""
+    try:
+        torch._assert_async(ok, message)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def as_token_ids(name: str, x: Tensor, check: bool = True) -> Tensor:
-    """Token ids as torch.long; float tensors holding whole numbers are accepted (as
-    x-transformers accepts them, e.g. ``torch.zeros(2, 16)`` as a prompt), others raise."""
-    if not isinstance(x, Tensor) or not x.is_floating_point():
+    """Token ids nn.Embedding can index with (torch.long / torch.int32).
+
+    Other integer dtypes (uint8 bytes, int8, int16, ...) are converted to torch.long. Float
+    tensors holding whole numbers are accepted (as x-transformers accepts them, e.g.
+    ``torch.zeros(2, 16)`` as a prompt); other floats raise. Anything else passes through for
+    ``check_token_ids`` to reject.
+    """
+    if not isinstance(x, Tensor) or x.dtype == torch.bool or x.is_complex():
         return x
+    if not x.is_floating_point():
+        return x if x.dtype in _INDEX_DTYPES else x.long()
     if check and x.numel() and not torch.compiler.is_compiling():
         bad = ~torch.isfinite(x) | (x != x.trunc())
         if bool(bad.any()):

@@ -358,12 +358,21 @@ def vit():
 
 @pytest.mark.parametrize(
     "shape",
-    [(1, 1, 32, 32), (1, 3, 64, 64), (1, 3, 30, 30), (3, 32, 32), (1, 4, 32, 32)],
+    [
+        (1, 1, 32, 32),
+        (1, 3, 64, 64),
+        (1, 3, 30, 30),
+        (3, 32, 32),
+        (1, 4, 32, 32),
+        (0, 3, 32, 32),
+        (1, 3, 0, 32),
+        (1, 3, 32, 0),
+    ],
 )
 def test_vit_rejects_bad_images(vit, shape):
     pattern = (
-        r"^img must be a float tensor of shape \(batch, 3, H, W\) with H, W multiples of "
-        rf"patch_size=8 and H\*W <= 32\*32, got {re.escape(str(shape))}"
+        r"^img must be a float tensor of shape \(batch, 3, H, W\) with batch >= 1, H, W "
+        rf"positive multiples of patch_size=8 and H\*W <= 32\*32, got {re.escape(str(shape))}"
     )
     with pytest.raises(ValueError, match=pattern):
         vit(torch.randn(*shape))
@@ -428,3 +437,99 @@ def test_generate_argument_checks(model):
         ar.generate(torch.full((1, 2), NUM_TOKENS), 2)
     with pytest.raises(ValueError, match=r"^prompt_lens must lie in \[1, 3\]"):
         ar.generate(prompt, 2, prompt_lens=torch.tensor([0, 3]))
+
+
+# --------------------------------------------------------------------------------------------
+# empty inputs and integer dtypes
+
+
+EMPTY = "must hold at least one row and one position"
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
+def test_empty_token_ids_raise(model, shape):
+    x = torch.zeros(*shape, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"^x {EMPTY} .*got shape {re.escape(str(shape))}"):
+        model(x)
+    if shape[0] == 0:  # the loss wrapper: (batch, seq_len + 1) with seq_len >= 1
+        with pytest.raises(ValueError, match=rf"^x {EMPTY} .*got shape \(0, 3\)"):
+            AutoregressiveWrapper(model)(x)
+    with pytest.raises(ValueError, match=rf"^prompts {EMPTY} .*got shape \(0, 3\)"):
+        AutoregressiveWrapper(model).generate(torch.zeros(0, 3, dtype=torch.long), 2)
+
+
+def test_empty_inputs_of_xtransformer(xtransformer, tokens):
+    with pytest.raises(ValueError, match=rf"^src {EMPTY} .*got shape \(2, 0\)"):
+        xtransformer(tokens[:, :0], tokens)
+    with pytest.raises(ValueError, match=rf"^src {EMPTY} .*got shape \(0, 4\)"):
+        xtransformer.generate(tokens[:0], tokens[:0, :1], 2)
+    with pytest.raises(ValueError, match=rf"^x {EMPTY} .*got shape \(0, 4\)"):
+        xtransformer.decoder(tokens[:0])
+
+
+def test_empty_continuous_input():
+    from anyformer import ContinuousAutoregressiveWrapper, ContinuousTransformerWrapper
+
+    net = ContinuousTransformerWrapper(
+        dim_in=4, dim_out=4, max_seq_len=MAX_SEQ_LEN, attn_layers=Decoder(dim=DIM, depth=1)
+    )
+    for shape in ((0, 3, 4), (2, 0, 4)):
+        with pytest.raises(ValueError, match=rf"^x {EMPTY} .*got shape {re.escape(str(shape))}"):
+            net(torch.zeros(*shape))
+    with pytest.raises(ValueError, match=rf"^start_tokens {EMPTY} .*got shape \(1, 0, 4\)"):
+        ContinuousAutoregressiveWrapper(net).generate(torch.zeros(1, 0, 4), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_small_integer_ids_equal_long_ids(model, tokens, dtype):
+    # uint8 (bytes) and other integer ids are converted to torch.long: the same logits and loss
+    assert torch.equal(model(tokens.to(dtype)), model(tokens))
+    ar = AutoregressiveWrapper(model)
+    assert torch.equal(ar(tokens.to(dtype)), ar(tokens))
+    prompt = tokens[:, :2]
+    out = ar.generate(prompt.to(dtype), 3, temperature=0)
+    assert out.dtype == torch.long
+    assert torch.equal(out, ar.generate(prompt, 3, temperature=0))
+
+
+def test_negative_int8_id_is_out_of_range(model):
+    with pytest.raises(ValueError, match=r"^x holds token id -1, .*num_tokens=10"):
+        model(torch.tensor([[1, -1]], dtype=torch.int8))
+
+
+def test_uint8_ids_through_xtransformer(xtransformer, tokens):
+    as_long = xtransformer(tokens, tokens)
+    assert torch.equal(xtransformer(tokens.to(torch.uint8), tokens.to(torch.uint8)), as_long)
+
+
+# --------------------------------------------------------------------------------------------
+# the token-id range check without a host sync
+
+
+def test_training_forward_on_cpu_keeps_the_exact_message():
+    train_model = wrapper().train()
+    with pytest.raises(ValueError, match=r"^x holds token id 12, .*num_tokens=10"):
+        AutoregressiveWrapper(train_model)(torch.tensor([[1, 12, 3]]))
+
+
+def test_training_forward_off_the_cpu_reads_nothing_on_the_host():
+    # meta tensors stand for an accelerator: any host read (.item(), int(), bool()) raises
+    # "Tensor.item() cannot be called on meta tensors"; the asynchronous check does not read
+    with torch.device("meta"):
+        meta_model = wrapper().train()
+    x = torch.empty(2, 5, dtype=torch.long, device="meta")
+    loss = AutoregressiveWrapper(meta_model)(x)
+    assert loss.shape == () and loss.device.type == "meta"
+    assert meta_model(x[:, :4]).shape == (2, 4, NUM_TOKENS)
+    meta_model.eval()  # eval forwards keep the exact (host) check
+    with pytest.raises(RuntimeError, match="meta tensors"):
+        meta_model(x)
+
+
+def test_asynchronous_check_still_fails_on_a_bad_id():
+    from anyformer.checks import check_token_ids
+
+    # on the CPU torch._assert_async raises at once, with the message
+    with pytest.raises(RuntimeError, match=r"x holds a token id outside the vocabulary \[0, 10\)"):
+        check_token_ids("x", torch.tensor([[1, 10]]), NUM_TOKENS, sync=False)
+    check_token_ids("x", torch.tensor([[0, 9]]), NUM_TOKENS, sync=False)  # in range: no error

@@ -7,15 +7,24 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_mask, check_token_ids
+from ..checks import as_token_ids, check_mask, check_non_empty, check_token_ids
 from ..config.options import unknown_keyword
 from ..serialization import PretrainedMixin
+from .arguments import (
+    check_filter_kwargs,
+    check_flag,
+    check_generator,
+    check_int,
+    check_real,
+    check_token_id,
+)
 from .beam_search import beam_search
-from .filters import resolve_filter, top_k
+from .filters import FILTERS, resolve_filter, top_k
+from .finite import LogitGuard
 from .forgetful import forgetful_key_mask
+from .loss import token_cross_entropy
 from .options import WrapperOptions, parse_contrastive
 from .prompts import prepare_prompts
 from .sampling import Picker, stop_at_eos, trim_after_eos
@@ -76,6 +85,8 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
             raise ValueError(
                 f"x must be a (batch, seq_len + 1) token tensor with seq_len >= 1, got {got}"
             )
+        check_non_empty("x", x, "batch >= 1, seq_len + 1 >= 2")
+        x = as_token_ids("x", x)  # uint8 / int16 ids become torch.long (the loss's targets)
         mask = self._loss_mask(x, mask, lens)
         inp, target = x[:, :-1], x[:, 1:]
         inp = inp.masked_fill(inp == self.ignore_index, self.pad_value)
@@ -98,9 +109,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         logits, inter = out if return_outputs or z_loss else (out, None)
         if prepend_embeds is not None:
             logits = logits[:, prepend_embeds.shape[1] :]
-        loss = F.cross_entropy(
-            logits.transpose(1, 2).float(), target, ignore_index=self.ignore_index
-        )
+        loss = token_cross_entropy(logits, target, self.ignore_index)
         if z_loss:
             loss = loss + inter.attn_z_loss
         return (loss, (logits, inter)) if return_outputs else loss
@@ -154,11 +163,16 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         plausibility cut-off filters). ``amateur_model`` (one or several) turns on contrastive
         decoding, ``draft_model`` speculative decoding with ``draft_tokens`` drafted per round.
         Other keywords (context, context_mask, prepend_embeds, ...) go to every model each step.
+        Every keyword is checked before any model runs; logits holding NaN or ``+inf`` (or no
+        finite value) raise a ValueError naming the step.
         """
+        check_flag("return_intermediates", return_intermediates)
         session, squeeze = self._session(
             prompts,
             seq_len,
             kwargs,
+            mode="generate",
+            eos_token=eos_token,
             temperature=temperature,
             prompt_lens=prompt_lens,
             filter_logits_fn=filter_logits_fn,
@@ -173,6 +187,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         )
         with eval_mode(*session.models):
             steps = list(stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=8))
+        session.pick.guard.verify()  # the steps since the last check
         out = trim_after_eos(torch.stack(steps, dim=1), eos_token)
         out = out[0] if squeeze else out
         return (out, session.intermediates()) if return_intermediates else out
@@ -198,11 +213,14 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
     ) -> Iterator[Tensor]:
         """Like ``generate``, but yields each step's tokens (b,) (a scalar for a 1-D prompt) as
         soon as they are made. It stops after the step where every row has emitted ``eos_token``;
-        the next step is computed only when the consumer asks for it."""
+        the next step is computed only when the consumer asks for it. The keywords are checked
+        when the stream is created, before the first token is asked for."""
         session, squeeze = self._session(
             prompts,
             seq_len,
             kwargs,
+            mode="stream",
+            eos_token=eos_token,
             temperature=temperature,
             prompt_lens=prompt_lens,
             filter_logits_fn=filter_logits_fn,
@@ -215,6 +233,10 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
             draft_tokens=draft_tokens,
             generator=generator,
         )
+        return self._stream(session, eos_token, squeeze)
+
+    @torch.no_grad()  # on a generator function: grad mode is off only while it runs
+    def _stream(self, session: Session, eos_token: int | None, squeeze: bool) -> Iterator[Tensor]:
         with eval_mode(*session.models):
             for token in stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=1):
                 yield token[0] if squeeze else token
@@ -242,21 +264,24 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
 
         Returns the best (b, n) new tokens, or with ``return_beams_and_scores`` every beam
         (beams, b, n) and its score (beams, b), best first (x-transformers' layout). Scores are
-        summed log-probs divided by ``num_new_tokens ** length_penalty``. ``stochastic=True``
-        samples ``beams`` sequences without replacement (Gumbel-top-k; ``temperature`` and the
-        filter apply there only). Finished beams (``eos_token``) are kept aside, padded after eos.
+        summed log-probs divided by ``num_new_tokens ** length_penalty`` (a finite number).
+        ``stochastic=True`` samples ``beams`` sequences without replacement (Gumbel-top-k;
+        ``temperature`` and the filter apply there only). Finished beams (``eos_token``) are
+        kept aside, padded after eos.
         """
-        if not isinstance(beams, int) or isinstance(beams, bool) or beams < 1:
-            raise ValueError(f"beams must be an int >= 1, got {beams!r}")
-        if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
-            raise TypeError(f"length_penalty must be a number, got {length_penalty!r}")
-        if stochastic and temperature <= 0:
-            raise ValueError(f"stochastic beam search needs temperature > 0, got {temperature}")
+        check_int("beams", beams, 1)
+        check_flag("return_beams_and_scores", return_beams_and_scores)
+        check_flag("stochastic", stochastic)
+        length_penalty = check_real("length_penalty", length_penalty)
+        if stochastic:
+            check_real("temperature", temperature, 0.0, lo_open=True)
         session, squeeze = self._session(
             prompts,
             seq_len,
             kwargs,
-            temperature=temperature if stochastic else 1.0,
+            mode="beam_search",
+            eos_token=eos_token,
+            temperature=temperature,
             prompt_lens=prompt_lens,
             filter_logits_fn=filter_logits_fn,
             restrict=restrict_to_max_seq_len,
@@ -268,7 +293,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         with eval_mode(*session.models):
             result = beam_search(
                 session.expert, seq_len, beams, session.pick, stochastic, eos_token,
-                self.pad_value, float(length_penalty),
+                self.pad_value, length_penalty,
             )  # fmt: skip
         if return_beams_and_scores:
             tokens, scores = result.tokens.transpose(0, 1), result.scores.transpose(0, 1)
@@ -282,6 +307,8 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         seq_len: int,
         kwargs: dict[str, Any],
         *,
+        mode: str,
+        eos_token: int | None,
         temperature: float,
         prompt_lens: Tensor | None,
         filter_logits_fn: str | Callable[..., Tensor] | None,
@@ -296,22 +323,33 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         default_filter: Callable[..., Tensor] | None = top_k,
     ) -> tuple[Session, bool]:
         """Check the arguments shared by every decoding mode and build the session."""
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        num_tokens = getattr(self.net, "num_tokens", None)
+        check_int("seq_len", seq_len, 1)
+        temperature = check_real("temperature", temperature, 0.0)
+        check_token_id("eos_token", eos_token, num_tokens)
+        check_flag("restrict_to_max_seq_len", restrict)
+        check_flag("cache_kv", cache_kv)
+        check_generator(generator)
         prompts, lens, squeeze = prepare_prompts(prompts, prompt_lens, self.pad_value)
+        prompts = as_token_ids("prompts", prompts)
         self._check_prompt_tokens(prompts)
         amateurs = _as_models(amateur_model, "amateur_model")
         draft = None if draft_model is None else unwrap(draft_model, "draft_model")
         self._check_partners(amateurs, draft, draft_tokens)
+        contrastive = parse_contrastive(contrastive_decode_kwargs, len(amateurs))
         if filter_logits_fn is None:
             filter_fn = None if amateurs else default_filter
         else:
             filter_fn = resolve_filter(filter_logits_fn)
+        builtin = any(filter_fn is f for f in FILTERS.values())
+        filter_kwargs = check_filter_kwargs(filter_fn, filter_kwargs, num_tokens, builtin)
+        models = [("model", self.net), *(("amateur_model", m) for m in amateurs)]
+        models += [("draft_model", draft)] if draft is not None else []
+        _check_positions_fit(prompts.shape[1] + seq_len, restrict, models)
         if draft is not None:
             self._check_speculative_window(prompts.shape[1] + seq_len, restrict, draft)
-        pick = Picker(float(temperature), filter_fn, dict(filter_kwargs or {}), generator)
+        guard = LogitGuard(mode, prompts.shape[1], lens, every=8 if mode == "generate" else 1)
+        pick = Picker(temperature, filter_fn, filter_kwargs, generator, guard)
         session = Session(
             self.net,
             prompts,
@@ -323,7 +361,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
             pad_value=self.pad_value,
             kwargs=kwargs,
             amateurs=amateurs,
-            contrastive=parse_contrastive(contrastive_decode_kwargs, len(amateurs)),
+            contrastive=contrastive,
             draft=draft,
             draft_tokens=draft_tokens,
         )
@@ -334,10 +372,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         if num_tokens is None:
             return
         check_token_ids("prompts", prompts, num_tokens)
-        if not 0 <= self.pad_value < num_tokens:
-            raise ValueError(
-                f"pad_value must be a token id in [0, {num_tokens}), got {self.pad_value}"
-            )
+        check_token_id("pad_value", self.pad_value, num_tokens)
 
     def _check_partners(
         self, amateurs: list[nn.Module], draft: nn.Module | None, draft_tokens: int
@@ -357,8 +392,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
                 "amateur_model and draft_model cannot be combined (contrastive scores are not a "
                 "model distribution that speculative decoding could preserve)"
             )
-        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
-            raise ValueError(f"draft_tokens must be an int >= 1, got {draft_tokens!r}")
+        check_int("draft_tokens", draft_tokens, 1)
 
     def _check_speculative_window(self, total: int, restrict: bool, draft: nn.Module) -> None:
         for name, model in (("model", self.net), ("draft_model", draft)):
@@ -369,6 +403,25 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
                     f"max_seq_len={max_seq_len}; a sliding window cannot verify several tokens "
                     "in one pass (pass restrict_to_max_seq_len=False for relative positions)"
                 )
+
+
+def _check_positions_fit(total: int, restrict: bool, models: list[tuple[str, nn.Module]]) -> None:
+    """Without the sliding window (restrict_to_max_seq_len=False) every position is read as it
+    is: a learned absolute positional embedding has no row past max_seq_len (rotary, ALiBi,
+    sinusoidal and other relative schemes extrapolate, and are not bounded here)."""
+    if restrict:
+        return
+    needed = total - 1  # the last sampled token is never fed back
+    for name, model in models:
+        table = getattr(model, "max_positions", None)  # the learned table's rows, else None
+        if isinstance(table, int) and needed > table:
+            raise ValueError(
+                f"restrict_to_max_seq_len=False needs {needed} positions (prompt length + "
+                f"seq_len - 1), but the {name}'s learned absolute positional embedding has "
+                f"max_seq_len={table} and cannot extrapolate past it: keep "
+                "restrict_to_max_seq_len=True (a sliding window), generate fewer tokens, or use "
+                "positions that extrapolate (use_abs_pos_emb=False with rotary_pos_emb=True)"
+            )
 
 
 def _as_models(models: nn.Module | Sequence[nn.Module] | None, name: str) -> list[nn.Module]:

@@ -96,9 +96,12 @@ def beam_search(
     pad_value: int = 0,
     length_penalty: float = 0.0,
 ) -> BeamResult:
-    """Run the search; `pick` holds temperature/filter/generator (used when stochastic)."""
+    """Run the search; `pick` holds temperature/filter/generator (used when stochastic) and
+    the guard that raises on non-finite logits."""
     b, device = stepper.batch, stepper.prompts.device
-    logp = _log_probs(stepper.start(), pick, stochastic)  # (b, V)
+    logits = stepper.start()
+    pick.guard.observe(logits, 0)
+    logp = _log_probs(logits, pick, stochastic)  # (b, V)
     vocab = logp.shape[-1]
     stepper.reorder(torch.arange(b, device=device).repeat_interleave(beams))
     logp = logp.repeat_interleave(beams, dim=0).view(b, beams, vocab)
@@ -140,8 +143,10 @@ def beam_search(
         ):
             break
         stepper.reorder((base + parent).view(-1))
-        logp = _log_probs(stepper.feed(token.view(-1, 1))[:, -1], pick, stochastic)
-        logp = logp.view(b, beams, vocab)
+        logits = stepper.feed(token.view(-1, 1))[:, -1]
+        pick.guard.observe(logits, t + 1, rows_per_prompt=beams)
+        logp = _log_probs(logits, pick, stochastic).view(b, beams, vocab)
+    pick.guard.verify()
     length = t + 1
     live_scores = _penalised(sums, length, length_penalty)
     pool.add(seqs, live_scores, keys if stochastic else live_scores)

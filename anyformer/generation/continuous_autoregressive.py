@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..checks import check_mask
+from ..checks import check_mask, check_non_empty
 from ..serialization import PretrainedMixin, register_wrapper_class
+from .arguments import check_flag, check_int
 from .session import eval_mode, warn_once
 
 __all__ = ["ContinuousAutoregressiveWrapper"]
@@ -68,14 +69,19 @@ class ContinuousAutoregressiveWrapper(PretrainedMixin, nn.Module):
         """Continue `start_tokens` (b, t, d) (or (t, d)) by `seq_len` predicted vectors; returns
         only the new ones. The model reads at most max_seq_len vectors (a sliding window); the
         KV cache is used when the whole generation fits in that window."""
+        if not isinstance(start_tokens, Tensor) or not start_tokens.is_floating_point():
+            got = type(start_tokens).__name__
+            got = f"dtype {start_tokens.dtype}" if isinstance(start_tokens, Tensor) else got
+            raise TypeError(f"start_tokens must be a float tensor (batch, t, dim), got {got}")
         squeeze = start_tokens.ndim == 2
         out = start_tokens[None] if squeeze else start_tokens
         if out.ndim != 3:
             raise ValueError(
                 f"start_tokens must be (batch, t, dim) or (t, dim), got {tuple(start_tokens.shape)}"
             )
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        check_non_empty("start_tokens", out, "batch >= 1, t >= 1")
+        check_int("seq_len", seq_len, 1)
+        check_flag("cache_kv", cache_kv)
         t = out.shape[1]
         fits = self.max_seq_len == 0 or t + seq_len - 1 <= self.max_seq_len
         cached = cache_kv and getattr(self.net, "can_cache_kv", False) and fits
@@ -83,7 +89,8 @@ class ContinuousAutoregressiveWrapper(PretrainedMixin, nn.Module):
             reason = "cannot cache keys/values" if fits else "slides its max_seq_len window"
             warn_once(
                 f"generate(cache_kv=True): {type(self.net).__name__} {reason}; decoding "
-                "without a cache"
+                "without a cache",
+                self.net,
             )
         with eval_mode(self.net):
             new = (

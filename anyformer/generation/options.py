@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -55,8 +56,10 @@ class ContrastiveConfig:
             raise ValueError(
                 f"contrastive_decode_kwargs: alpha must be in (0, 1], got {self.alpha}"
             )
-        if not self.beta >= 0.0:
-            raise ValueError(f"contrastive_decode_kwargs: beta must be >= 0, got {self.beta}")
+        if not (self.beta >= 0.0 and math.isfinite(self.beta)):
+            raise ValueError(
+                f"contrastive_decode_kwargs: beta must be a finite number >= 0, got {self.beta}"
+            )
 
 
 def _one_contrastive(kwargs: Any) -> ContrastiveConfig:

@@ -44,7 +44,13 @@ def prepare_prompts(
     if prompt_lens is None:
         return prompts, None, squeeze
     b, n = prompts.shape
-    if not isinstance(prompt_lens, Tensor) or tuple(prompt_lens.shape) != (b,):
+    if (
+        not isinstance(prompt_lens, Tensor)
+        or tuple(prompt_lens.shape) != (b,)
+        or prompt_lens.is_floating_point()
+        or prompt_lens.is_complex()
+        or prompt_lens.dtype == torch.bool
+    ):
         raise ValueError(f"prompt_lens must be a ({b},) integer tensor, got {prompt_lens!r}")
     lo, hi = (int(v) for v in torch.aminmax(prompt_lens))
     if lo < 1 or hi > n:

@@ -14,18 +14,22 @@ import torch
 from torch import Tensor
 
 from .filters import sample
+from .finite import LogitGuard
 
 __all__ = ["Picker", "plain_tokens", "stop_at_eos"]
 
 
 @dataclass
 class Picker:
-    """Turns logits into tokens: greedy at temperature 0, else filter + temperature + sample."""
+    """Turns logits into tokens: greedy at temperature 0, else filter + temperature + sample.
+
+    ``guard`` watches the logits the decoding loops show it (``LogitGuard.observe``)."""
 
     temperature: float
     filter_fn: Callable[..., Tensor] | None = None
     filter_kwargs: dict[str, Any] = field(default_factory=dict)
     generator: torch.Generator | None = None
+    guard: LogitGuard = field(default_factory=LogitGuard)
 
     @property
     def greedy(self) -> bool:
@@ -48,15 +52,17 @@ class Picker:
 def plain_tokens(
     start: Callable[[], Tensor],
     step: Callable[[Tensor], Tensor],
-    pick: Callable[[Tensor], Tensor],
+    pick: Picker,
     seq_len: int,
 ) -> Iterator[Tensor]:
     """Yield `seq_len` tokens (b,): pick from `start()`, then from `step(token)` each time.
 
-    The next token's logits are computed only when the consumer asks for the next token.
+    The next token's logits are computed only when the consumer asks for the next token. Each
+    step's logits go past ``pick.guard`` (non-finite logits raise, naming the step).
     """
     logits = start()
     for t in range(seq_len):
+        pick.guard.observe(logits, t)
         token = pick(logits)
         yield token
         if t < seq_len - 1:

@@ -57,6 +57,7 @@ def _propose(
     logits = draft.feed(pending)[:, -1]
     drafts, probs = [], []
     for j in range(k):
+        pick.guard.observe(logits, emitted + j, who="draft_model's logits")
         if pick.greedy:
             token = logits.argmax(dim=-1)
         else:  # filter once: draw from the very probabilities the verification uses
@@ -109,7 +110,10 @@ def speculative_tokens(
     stats: SpeculativeStats,
 ) -> Iterator[Tensor]:
     """Yield `seq_len` tokens (b,), each as soon as the round that made it is verified."""
-    first = pick(target.start())
+    logits = target.start()
+    pick.guard.observe(logits, 0)
+    pick.guard.verify()
+    first = pick(logits)
     stats.target_calls += 1
     draft.start()
     stats.draft_calls += 1
@@ -128,6 +132,8 @@ def speculative_tokens(
         consumed = target.num_new
         logits = target.feed(torch.cat((out[:, emitted - 1 : emitted], drafts), dim=1))
         stats.target_calls += 1
+        pick.guard.observe(logits, emitted)  # index j predicts the token of step emitted + j
+        pick.guard.verify()  # a round reads its acceptance on the host anyway
         a, nxt = _verify(logits, drafts, q, pick) if k > 0 else (rows * 0, pick(logits))
         m = int(a.min())
         last = nxt[:, m] if k > 0 else nxt[:, 0]

@@ -12,13 +12,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..checks import check_token_ids
+from ..checks import as_token_ids, check_non_empty, check_token_ids
 from ..serialization import PretrainedMixin, register_wrapper_class
-from .filters import resolve_filter, top_k
+from .arguments import (
+    check_filter_kwargs,
+    check_flag,
+    check_generator,
+    check_int,
+    check_real,
+    check_token_id,
+)
+from .filters import FILTERS, resolve_filter, top_k
+from .finite import LogitGuard
+from .loss import token_cross_entropy
 from .sampling import Picker, stop_at_eos, trim_after_eos
 from .session import eval_mode
 
@@ -54,6 +63,8 @@ class XLAutoregressiveWrapper(PretrainedMixin, nn.Module):
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must be a (batch, seq_len + 1) token tensor, got {got}")
+        check_non_empty("x", x, "batch >= 1, seq_len + 1 >= 2")
+        x = as_token_ids("x", x)
         inp, labels = x[:, :-1], x[:, 1:]
         n = inp.shape[1]
         total = inp.new_zeros((), dtype=torch.float32)
@@ -61,9 +72,7 @@ class XLAutoregressiveWrapper(PretrainedMixin, nn.Module):
             inp.split(self.max_seq_len, dim=1), labels.split(self.max_seq_len, dim=1)
         ):
             logits, mems = self.net(chunk, mems=mems, return_mems=True, **kwargs)
-            loss = F.cross_entropy(
-                logits.transpose(1, 2).float(), chunk_labels, ignore_index=self.ignore_index
-            )
+            loss = token_cross_entropy(logits, chunk_labels, self.ignore_index)
             total = total + loss * (chunk.shape[1] / n)
         return total
 
@@ -97,31 +106,46 @@ class XLAutoregressiveWrapper(PretrainedMixin, nn.Module):
             raise ValueError(
                 f"start_tokens must be (batch, t) or (t,) with t >= 1, got {tuple(start_tokens.shape)}"
             )
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-        check_token_ids("start_tokens", prompts, self.net.num_tokens)
-        pick = Picker(float(temperature), *_filter(filter_logits_fn, filter_thres, filter_kwargs))
-        pick.generator = generator
+        num_tokens = self.net.num_tokens
+        check_int("seq_len", seq_len, 1)
+        check_token_id("eos_token", eos_token, num_tokens)
+        check_flag("cache_kv", cache_kv)
+        check_generator(generator)
+        prompts = as_token_ids("start_tokens", prompts)
+        check_token_ids("start_tokens", prompts, num_tokens)
+        guard = LogitGuard("generate", prompts.shape[1], every=8)
+        pick = Picker(
+            check_real("temperature", temperature, 0.0),
+            *_filter(filter_logits_fn, filter_thres, filter_kwargs, num_tokens),
+            generator,
+            guard,
+        )
         with eval_mode(self.net):
             steps = _Segments(self.net, prompts, mems, cache_kv and self.net.can_cache_kv, kwargs)
             tokens = list(stop_at_eos(steps.tokens(pick, seq_len), eos_token, self.pad_value, 8))
+        guard.verify()
         out = trim_after_eos(torch.stack(tokens, dim=1), eos_token)
         return out[0] if squeeze else out
 
 
 def _filter(
-    fn: str | Callable[..., Tensor] | None, thres: float | None, kwargs: dict[str, Any] | None
+    fn: str | Callable[..., Tensor] | None,
+    thres: float | None,
+    kwargs: dict[str, Any] | None,
+    num_tokens: int,
 ) -> tuple[Callable[..., Tensor] | None, dict[str, Any]]:
-    kwargs = dict(kwargs or {})
+    fn = None if fn is None else resolve_filter(fn)
+    kwargs = check_filter_kwargs(fn, kwargs, num_tokens, builtin=False)
     if fn is None:
         return None, kwargs
-    fn = resolve_filter(fn)
     if thres is not None:
+        thres = check_real("filter_thres", thres)
         if fn is top_k:
             kwargs["frac_num_tokens"] = 1.0 - thres
         else:
             kwargs["thres"] = thres
-    return fn, kwargs
+    builtin = any(fn is f for f in FILTERS.values())
+    return fn, check_filter_kwargs(fn, kwargs, num_tokens, builtin)
 
 
 class _Segments:
@@ -167,8 +191,10 @@ class _Segments:
         ]
 
     def tokens(self, pick: Picker, seq_len: int) -> Iterator[Tensor]:
-        for _ in range(seq_len):
-            token = pick(self._logits())
+        for t in range(seq_len):
+            logits = self._logits()
+            pick.guard.observe(logits, t)
+            token = pick(logits)
             self.segment = torch.cat((self.segment, token[:, None]), dim=1)
             yield token
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..checks import check_float_input, check_mask
+from ..checks import check_float_input, check_mask, check_non_empty
 from ..config.continuous import ContinuousConfig
 from ..config.options import build_options
 from ..intermediates import LayerIntermediates
@@ -157,6 +157,7 @@ class ContinuousTransformerWrapper(StackWrapper):
     ) -> Tensor | None:
         """Check x, mask / lens and pos; returns the mask (lens turned into one)."""
         check_float_input("x", x, 3, self.dim_in, "of shape (batch, seq_len, dim_in)")
+        check_non_empty("x", x, "batch >= 1, seq_len >= 1")
         b, n = x.shape[:2]
         if cache is not None and offset >= n:
             raise ValueError(

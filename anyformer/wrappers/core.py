@@ -25,21 +25,20 @@ from .configured import StackedModel
 __all__ = ["StackWrapper", "memory_layout"]
 
 
-def memory_layout(rows: int, num_memory: int, every: int | None, device: torch.device) -> Tensor:
-    """(rows + num_memory * blocks,) bool: True at the sequence's own rows, False at memory
-    rows; a block of memory rows stands before row 0 and (with ``every``) before every row
-    r with r % every == 0."""
-    if every is None:
-        blocks = torch.ones(rows, dtype=torch.long, device=device)
-        num_blocks = 1
-    else:
-        blocks = torch.arange(rows, device=device) // every + 1
-        num_blocks = max((rows + every - 1) // every, 1)
-    index = torch.arange(rows, device=device) + num_memory * blocks
-    total = rows + num_memory * num_blocks
-    layout = torch.zeros(total, dtype=torch.bool, device=device)
-    layout[index] = True
-    return layout
+def memory_layout(
+    rows: int, num_memory: int, every: int | None, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(own, memory): long index tensors into the (rows + num_memory * blocks) stack rows, of
+    the sequence's own rows (rows,) and of the memory rows (num_memory * blocks,); a block of
+    memory rows stands before row 0 and (with ``every``) before every row r with
+    r % every == 0. Built from the sizes alone (no boolean masks: static shapes for compile)."""
+    period = max(rows, 1) if every is None else every
+    blocks = max(-(-rows // period), 1)
+    r = torch.arange(rows, device=device)
+    own = r + num_memory * (r // period + 1)
+    slot = torch.arange(num_memory * blocks, device=device)
+    memory = (slot // num_memory) * (period + num_memory) + slot % num_memory
+    return own, memory
 
 
 class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
@@ -169,10 +168,11 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
         pos: Tensor | None,
         cache: KVCache | None,
         kwargs: dict[str, Any],
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor] | None]:
         """Put the memory tokens among the rows of h (b, n, d): in front on the first call
         (none on cached calls: the cache holds them), or before every N-th row. Returns h, mask,
-        stack positions and the layout (None when nothing was inserted)."""
+        stack positions and the layout (memory_layout's index pair; None when nothing was
+        inserted)."""
         every = self.memory_tokens_interspersed_every
         if cache is not None and cache.length > 0:
             if every is not None:
@@ -189,13 +189,14 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
         b, n, _ = h.shape
         m = self.num_memory_tokens
         layout = memory_layout(n, m, every, h.device)
-        out = h.new_empty(b, layout.shape[0], h.shape[-1])
-        out[:, layout] = h
-        blocks = (layout.shape[0] - n) // m
-        out[:, ~layout] = self.memory_tokens.to(h.dtype).repeat(blocks, 1)
+        own, memory = layout
+        total = n + memory.shape[0]
+        out = h.new_empty(b, total, h.shape[-1])
+        out[:, own] = h
+        out[:, memory] = self.memory_tokens.to(h.dtype).repeat(memory.shape[0] // m, 1)
         if mask is not None:
-            full = torch.ones(b, layout.shape[0], dtype=torch.bool, device=h.device)
-            full[:, layout] = mask
+            full = torch.ones(b, total, dtype=torch.bool, device=h.device)
+            full[:, own] = mask
             mask = full
         if pos is not None:  # memory rows first, then the rows at their positions + m
             head = torch.arange(m, device=pos.device).expand(pos.shape[0], m)
@@ -242,8 +243,8 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
         h, inter = out if want else (out, None)
         if layout is not None:
             if inter is not None:
-                inter.memory_tokens = h[:, ~layout]
-            h = h[:, layout]
+                inter.memory_tokens = h.index_select(1, layout[1])
+            h = h.index_select(1, layout[0])
         return h, inter
 
     def _check_return_mems(self, return_mems: bool, cache: KVCache | None) -> None:

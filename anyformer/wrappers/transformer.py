@@ -163,6 +163,8 @@ class TransformerWrapper(StackWrapper):
         if kwargs:
             self._check_forward_kwargs(kwargs)
         x = as_token_ids("x", x, check_inputs)
+        if embed_ids:
+            embed_ids = {k: as_token_ids(f"embed_ids[{k!r}]", v) for k, v in embed_ids.items()}
         offset = self._token_offset(cache)
         if seq_start_pos is not None and prepend_embeds is not None:
             raise ValueError(
@@ -279,7 +281,8 @@ class TransformerWrapper(StackWrapper):
         cache: KVCache | None,
         offset: int,
     ) -> None:
-        check_token_ids("x", x, self.num_tokens)
+        sync = self._sync_id_check(x)
+        check_token_ids("x", x, self.num_tokens, sync=sync)
         b, n = x.shape
         if cache is not None and offset >= n:
             raise ValueError(
@@ -322,9 +325,18 @@ class TransformerWrapper(StackWrapper):
             raise ValueError(
                 f"sum_embeds must have shape ({b}, {n}, {self.emb_dim}), got {tuple(sum_embeds.shape)}"
             )
-        self._check_embed_ids(embed_ids, b, n)
+        self._check_embed_ids(embed_ids, b, n, sync)
 
-    def _check_embed_ids(self, embed_ids: dict[str, Tensor] | None, b: int, n: int) -> None:
+    def _sync_id_check(self, x: Tensor) -> bool:
+        """Whether the token-id range check may read the ids on the host. On the CPU the read is
+        free; on an accelerator a training forward (the hot loop) checks with an asynchronous
+        device-side assert instead, so that no micro-step stalls on a host sync. Eval forwards
+        keep the exact message (they are not the hot loop; decoding skips the check)."""
+        return not isinstance(x, Tensor) or x.device.type == "cpu" or not self.training
+
+    def _check_embed_ids(
+        self, embed_ids: dict[str, Tensor] | None, b: int, n: int, sync: bool = True
+    ) -> None:
         expected = set(self.config.embed_num_tokens)
         given = set(embed_ids or {})
         if given != expected:
@@ -333,7 +345,9 @@ class TransformerWrapper(StackWrapper):
                 f"(embed_num_tokens), got {sorted(given)}"
             )
         for name, ids in (embed_ids or {}).items():
-            check_token_ids(f"embed_ids[{name!r}]", ids, self.config.embed_num_tokens[name])
+            check_token_ids(
+                f"embed_ids[{name!r}]", ids, self.config.embed_num_tokens[name], sync=sync
+            )
             if tuple(ids.shape) != (b, n):
                 raise ValueError(
                     f"embed_ids[{name!r}] must have shape ({b}, {n}), got {tuple(ids.shape)}"

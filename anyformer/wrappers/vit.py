@@ -117,7 +117,10 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module):
             isinstance(img, Tensor)
             and img.is_floating_point()
             and img.ndim == 4
+            and img.shape[0] >= 1
             and img.shape[1] == self.channels
+            and img.shape[2] >= p
+            and img.shape[3] >= p
             and img.shape[2] % p == 0
             and img.shape[3] % p == 0
             and img.shape[2] * img.shape[3] <= size * size
@@ -125,6 +128,7 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module):
         if not ok:
             got = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
             raise ValueError(
-                f"img must be a float tensor of shape (batch, {self.channels}, H, W) with H, W "
-                f"multiples of patch_size={p} and H*W <= {size}*{size}, got {got}"
+                f"img must be a float tensor of shape (batch, {self.channels}, H, W) with "
+                f"batch >= 1, H, W positive multiples of patch_size={p} and H*W <= "
+                f"{size}*{size}, got {got}"
             )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_non_empty
 from ..config.later import LATER_WRAPPER
 from ..config.options import from_dict, suggest, to_dict
 from ..config.stack import stack_keyword_names
@@ -58,6 +62,22 @@ def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     return wrapper, stack
 
 
+@contextmanager
+def _naming_side(side: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Re-raise a side's ValueError / TypeError with its keywords as the user wrote them
+    (``rotary_xpos_scale_base`` -> ``dec_rotary_xpos_scale_base``)."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        known = {*_WRAPPER_FIELDS, *_STACK_NAMES} - {"dim"}  # dim is XTransformer's own
+        names = {n for n in known if "_" in n} | (set(kwargs) - {"dim"})
+        pattern = r"(?<![\w.])(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+        message = re.sub(pattern + r")(?!\w)", rf"{side}_\1", str(e))
+        if message == str(e) or type(e) not in (ValueError, TypeError):
+            raise
+        raise type(e)(f"XTransformer ({side}_ side): {message}") from e
+
+
 class XTransformer(PretrainedMixin, nn.Module):
     """Encoder-decoder transformer; ``enc_*`` / ``dec_*`` keywords go to each side."""
 
@@ -90,12 +110,14 @@ class XTransformer(PretrainedMixin, nn.Module):
         )
         enc_wrapper, enc_stack = _route("enc", enc_kwargs)
         dec_wrapper, dec_stack = _route("dec", dec_kwargs)
-        encoder = TransformerWrapper(
-            **enc_wrapper, return_only_embed=True, attn_layers=Encoder(dim=dim, **enc_stack)
-        )
-        decoder = TransformerWrapper(
-            **dec_wrapper, attn_layers=Decoder(dim=dim, cross_attend=True, **dec_stack)
-        )
+        with _naming_side("enc", enc_kwargs):
+            encoder = TransformerWrapper(
+                **enc_wrapper, return_only_embed=True, attn_layers=Encoder(dim=dim, **enc_stack)
+            )
+        with _naming_side("dec", dec_kwargs):
+            decoder = TransformerWrapper(
+                **dec_wrapper, attn_layers=Decoder(dim=dim, cross_attend=True, **dec_stack)
+            )
         self._setup(config, encoder, decoder)
 
     _resets_tree = True
@@ -153,6 +175,8 @@ class XTransformer(PretrainedMixin, nn.Module):
         src_prepend_embeds: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """src (b, n) -> encodings (b, [p +] n, dim) and the matching context mask."""
+        if isinstance(src, Tensor):
+            check_non_empty("src", src, "batch >= 1, seq_len >= 1")
         enc = self.encoder(src, mask=mask, attn_mask=attn_mask, prepend_embeds=src_prepend_embeds)
         if src_prepend_embeds is not None and mask is not None:
             ones = mask.new_ones(mask.shape[0], src_prepend_embeds.shape[1])
