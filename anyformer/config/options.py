@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -104,6 +105,15 @@ def _matches(value: Any, hint: Any) -> bool:
     return True
 
 
+def _finite(value: Any) -> bool:
+    """False for a NaN or infinite float (alone or in a tuple): no option means anything there."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, tuple):
+        return all(_finite(v) for v in value)
+    return True
+
+
 def _type_name(hint: Any) -> str:
     if isinstance(hint, type):
         return hint.__name__
@@ -123,6 +133,8 @@ def check_fields(config: Any, owner: str, prefix: str = "") -> None:
                 f"{owner}: {prefix}{f.name} must be {_type_name(hint)}, "
                 f"got {value!r} ({type(value).__name__})"
             )
+        if not _finite(value):
+            raise ValueError(f"{owner}: {prefix}{f.name} must be finite, got {value!r}")
         if hint is float and isinstance(value, int):
             object.__setattr__(config, f.name, float(value))
         elif isinstance(value, Mapping) and not isinstance(value, dict):

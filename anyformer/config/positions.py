@@ -160,12 +160,24 @@ class PositionConfig:
         return min(max(dim_head // 2, 32), dim_head - dim_head % 2)
 
     def check_stack(
-        self, *, causal: bool, dim: int, heads: int, dim_head: int, rotate_values: bool
+        self,
+        *,
+        causal: bool,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        rotate_values: bool,
+        value_dim_head: int | None = None,
     ) -> None:
         """Checks that need the stack's own options."""
         if rotate_values and not self.uses_rotary:
             raise ValueError(
                 "AttentionLayers: attn_rotary_embed_values=True needs rotary_pos_emb=True"
+            )
+        if rotate_values and value_dim_head not in (None, dim_head):
+            raise ValueError(
+                "AttentionLayers: attn_rotary_embed_values=True rotates values as the keys, so it "
+                f"needs attn_value_dim_head == attn_dim_head ({dim_head}), got {value_dim_head}"
             )
         if self.dynamic_pos_bias and dim < 4:
             raise ValueError(
@@ -191,6 +203,15 @@ class PositionConfig:
             raise ValueError(
                 f"AttentionLayers: rotary_emb_dim must be <= attn_dim_head={dim_head}, got "
                 f"{self.rotary_dim(dim_head)}"
+            )
+        if (
+            self.uses_rotary
+            and self.rotary_base_rescale_factor != 1
+            and self.rotary_dim(dim_head) <= 2
+        ):
+            raise ValueError(
+                "AttentionLayers: rotary_base_rescale_factor raises the base to d / (d - 2), so it "
+                f"needs more than 2 rotated features, got rotary_emb_dim={self.rotary_dim(dim_head)}"
             )
         if self.uses_rotary and self.rotary_dim(dim_head) < 2:
             raise ValueError(

@@ -169,13 +169,28 @@ class StackConfig:
                     f"but {prefix}flash=True asks for the fused kernel: drop one of the two"
                 )
         check_structure(self)
+        self._check_qk_scale_with_rotary()
         self.positions.check_stack(
             causal=self.causal,
             dim=self.dim,
             heads=self.heads,
             dim_head=self.attention.dim_head,
             rotate_values=self.attention.rotary_embed_values,
+            value_dim_head=self.attention.value_dim_head,
         )
+
+    def _check_qk_scale_with_rotary(self) -> None:
+        """qk_norm_dim_scale folds the key scale into the queries, which rotary positions do not
+        commute with when a key head serves several query heads."""
+        attn = self.attention
+        kv_heads = attn.kv_heads_for(self.heads)
+        if attn.qk_norm_dim_scale and kv_heads != self.heads and self.positions.uses_rotary:
+            kv = "attn_one_kv_head=True" if attn.one_kv_head else f"attn_kv_heads={kv_heads}"
+            raise ValueError(
+                f"AttentionLayers: attn_qk_norm_dim_scale=True with {kv} (fewer key/value heads "
+                f"than heads={self.heads}) cannot be combined with rotary_pos_emb: the key scale "
+                "is folded into the queries, which rotary does not commute with"
+            )
 
     @property
     def layer_types(self) -> tuple[str, ...]:

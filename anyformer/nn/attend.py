@@ -41,6 +41,11 @@ class Intermediates:
     qk_similarities: Tensor | None = None  # scaled logits (+ carried scores), before any hook
     pre_softmax_attn: Tensor | None = None  # logits as the softmax saw them (bias, masks, top-k)
     post_softmax_attn: Tensor | None = None  # attention weights (before dropout)
+    # what residual attention carries to the next layer: the logits after bias and masks but
+    # before the masked-logit hooks (sparse top-k is this layer's reading of its logits, not a
+    # score: its lowest-float fills, mixed across heads by the next layer's talking heads, gave
+    # inf - inf = NaN)
+    carried_scores: Tensor | None = None
     cached_kv: tuple[Tensor, Tensor] | None = None
     layer_type: str | None = None
 
@@ -160,6 +165,7 @@ class Attend(nn.Module):
         keep = mask.keep(q.shape[-2], k.shape[-2], q.device)
         if keep is not None:
             sim = sim.masked_fill(~keep, torch.finfo(sim.dtype).min)
+        carried_scores = sim
         for hook in self.masked_logit_hooks:
             sim = hook(sim)
         # half precision softmaxes in float32; float32/float64 stay as they are
@@ -174,6 +180,9 @@ class Attend(nn.Module):
             attn = hook(attn)
         out = _grouped_matmul(attn, v)
         inter = Intermediates(
-            qk_similarities=qk_similarities, pre_softmax_attn=sim, post_softmax_attn=post
+            qk_similarities=qk_similarities,
+            pre_softmax_attn=sim,
+            post_softmax_attn=post,
+            carried_scores=carried_scores,
         )
         return out, inter
