@@ -62,6 +62,19 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "r")] == [4, 6]
 
 
+def test_resume_through_the_latest_link_keeps_the_link(tmp_path, monkeypatch):
+    """The README's `anyformer train --resume runs/latest steps=...` (was: latest -> latest)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SMALL, "steps=4"]) == 0
+    (run_name,) = [p.name for p in (tmp_path / "runs").iterdir() if p.name != "latest"]
+    assert os.readlink("runs/latest") == run_name
+    assert main(["train", "--resume", "runs/latest", "steps=6", "--quiet"]) == 0
+    assert os.readlink("runs/latest") == run_name
+    run = tmp_path / "runs" / run_name
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in list_checkpoints(run)] == [4, 6]
+
+
 def _train_quietly(argv):
     fd = os.open(os.devnull, os.O_WRONLY)
     os.dup2(fd, 1)

@@ -187,6 +187,7 @@ def _our_link(link: Path) -> bool:
 
 def point_latest(run_dir: Path, owns_parent: bool) -> bool:
     """Make ``<parent>/latest`` a symlink to ``run_dir`` where that is ours to do."""
+    run_dir = Path(os.path.realpath(run_dir))  # a run named through a link (runs/latest)
     link = run_dir.parent / LATEST
     if os.path.lexists(link):
         if not _our_link(link):

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -154,6 +155,16 @@ def _restart_plan(args: argparse.Namespace) -> Plan | None:
     return Plan(config, layer["model"], out, restart=True, source_run=run_dir)
 
 
+def _follow_link(path: Path) -> Path:
+    """A run named through a symlink (``runs/latest``) as the folder the link points at."""
+    for _ in range(40):  # a cycle (a link left pointing at itself) is left for the checks to name
+        if not path.is_symlink():
+            break
+        target = Path(os.readlink(path))
+        path = target if target.is_absolute() else path.parent / target
+    return path
+
+
 def plan_run(args: argparse.Namespace) -> Plan:
     """Resolve the configuration (and, with --resume, the checkpoint); errors raise CLIError."""
     if args.resume is None:
@@ -162,6 +173,8 @@ def plan_run(args: argparse.Namespace) -> Plan:
         )
         config = build_train_config(layer)
         return Plan(config, layer["model"], Path(args.out) if args.out else None)
+    # the run itself, not a link to it: `--resume runs/latest` must not repoint `latest` at itself
+    args = argparse.Namespace(**{**vars(args), "resume": str(_follow_link(Path(args.resume)))})
     restart = _restart_plan(args)
     if restart is not None:
         return restart
