@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -47,9 +48,19 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def shutdown(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+    def shutdown(self, synchronize: bool) -> None:
+        """Leave the process group; ``synchronize`` (a normal end) first waits for every process.
+
+        A rank that left while another was still busy (rank 0 plots and samples) aborted now and
+        then under gloo ("terminate called without an active exception"); the ranks now leave
+        together, after anything still holding the group has been collected.
+        """
+        if not (self.enabled and dist.is_initialized()):
+            return
+        gc.collect()
+        if synchronize:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

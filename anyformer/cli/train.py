@@ -612,14 +612,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     plan = plan_run(args)
     dist = setup_distributed(plan.config.device)
+    ended = False
     try:
         with _sigterm_exits():
-            return _train(plan, dist, args.quiet, argv)
+            status = _train(plan, dist, args.quiet, argv)
+        ended = True
+        return status
     except OSError as e:  # a full disk, a folder gone, no permission: one line
         where = f"{e.filename}: " if e.filename else ""
         raise CLIError(f"{where}{e.strerror or e}", exit_code=1) from e
     finally:
-        dist.shutdown()
+        dist.shutdown(synchronize=ended)
 
 
 @contextlib.contextmanager
