@@ -162,3 +162,12 @@ def test_tensors_of_another_dtype_are_refused_not_cast(dtype) -> None:
         load_x_transformers_state_dict(ours, state)
     assert f"{key}: {dtype} in state_dict, the model holds torch.float32" in str(err.value)
     assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())
+
+
+def test_a_fused_link_with_one_map_is_refused():
+    # a map one way without the way back: it failed only once a checkpoint was converted
+    from anyformer.convert.x_transformers import Fused
+
+    with pytest.raises(ValueError, match=r"Fused\('to_qkv.weight'\) needs both maps or neither"):
+        Fused("to_qkv.weight", ("q", "k"), (2, 2), to_theirs=lambda t: t)
+    assert Fused("w", ("a", "b"), (1, 1)).to_ours is None

@@ -89,8 +89,9 @@ def _materialise(model: nn.Module, device: torch.device | str, dtype: torch.dtyp
     """Meta-device model -> real, uninitialised tensors of ``dtype`` on ``device``; computed
     buffers (rotary frequencies, ...) are recomputed, tied weights re-tied."""
     model = model.to(dtype=dtype).to_empty(device=device)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    tie_weights = getattr(model, "tie_weights", None)
+    if callable(tie_weights):
+        tie_weights()
     for module in model.modules():
         if not any(b is not None for b in module._buffers.values()):
             continue

@@ -26,7 +26,9 @@ __all__ = [
     "check_divisible",
     "hf_activation",
     "layer_pairs",
+    "optional_tensor",
     "rope_settings",
+    "tied_head",
 ]
 
 _MISSING = object()
@@ -225,18 +227,18 @@ class WeightLoader:
             param.copy_(value)
         self.assigned.add(id(param))
 
-    def set_linear(self, linear: nn.Linear, weight: Tensor, bias: Tensor | None, name: str) -> None:
+    def set_linear(self, linear: nn.Module, weight: Tensor, bias: Tensor | None, name: str) -> None:
         """An nn.Linear from a (out, in) weight and an optional bias."""
-        self.set(linear.weight, weight, f"{name}.weight")
-        self.set(linear.bias, bias, f"{name}.bias")
+        self.set(linear.get_parameter("weight"), weight, f"{name}.weight")
+        self.set(optional_tensor(linear, "bias"), bias, f"{name}.bias")
 
     def set_norm(self, norm: nn.Module, weight: Tensor, bias: Tensor | None, name: str) -> None:
         """A LayerNorm / RMSNorm gain (and bias)."""
-        gain = getattr(norm, "weight", None)
+        gain = optional_tensor(norm, "weight")
         if gain is None:
-            gain = getattr(norm, "g", None)
+            gain = optional_tensor(norm, "g")
         self.set(gain, weight, f"{name}.weight")
-        self.set(getattr(norm, "bias", None), bias, f"{name}.bias")
+        self.set(optional_tensor(norm, "bias"), bias, f"{name}.bias")
 
     def set_attention(
         self,
@@ -248,21 +250,23 @@ class WeightLoader:
         name: str,
     ) -> None:
         """An anyformer Attention from separate (weight, bias) pairs of q, k, v and out."""
-        qkv = attn.qkv
+        qkv = attn.get_submodule("qkv")
         parts = (q, k, v)
-        biases = [b for _, b in parts]
-        if any(b is None for b in biases) and not all(b is None for b in biases):
+        biases = [b for _, b in parts if b is not None]
+        if biases and len(biases) != len(parts):
             raise UnsupportedHFModel(
                 f"{self.source}: {name}: biases on some of q/k/v only are not supported"
             )
-        bias = None if biases[0] is None else torch.cat(biases)
+        bias = torch.cat(biases) if biases else None
         if hasattr(qkv, "to_qkv"):
-            self.set_linear(qkv.to_qkv, torch.cat([w for w, _ in parts]), bias, f"{name}.qkv")
+            fused = torch.cat([w for w, _ in parts])
+            self.set_linear(qkv.get_submodule("to_qkv"), fused, bias, f"{name}.qkv")
         else:
-            self.set_linear(qkv.to_q, q[0], q[1], f"{name}.q")
-            kv_bias = None if bias is None else torch.cat(biases[1:])
-            self.set_linear(qkv.to_kv, torch.cat([k[0], v[0]]), kv_bias, f"{name}.kv")
-        self.set_linear(attn.to_out, out[0], out[1], f"{name}.out")
+            self.set_linear(qkv.get_submodule("to_q"), q[0], q[1], f"{name}.q")
+            kv_bias = torch.cat(biases[1:]) if biases else None
+            kv = torch.cat([k[0], v[0]])
+            self.set_linear(qkv.get_submodule("to_kv"), kv, kv_bias, f"{name}.kv")
+        self.set_linear(attn.get_submodule("to_out"), out[0], out[1], f"{name}.out")
 
     def set_feedforward(
         self,
@@ -273,20 +277,27 @@ class WeightLoader:
         gate: tuple[Tensor, Tensor | None] | None = None,
     ) -> None:
         """An anyformer FeedForward; with ``gate``, a GLU: act(gate) * up."""
+        proj_in = ff.get_submodule("proj_in")
         if gate is None:
-            self.set_linear(ff.proj_in, up[0], up[1], f"{name}.up")
+            self.set_linear(proj_in, up[0], up[1], f"{name}.up")
         else:
             # anyformer's GLU splits its projection into (value, gate)
-            bias = None if up[1] is None else torch.cat([up[1], gate[1]])
-            self.set_linear(ff.proj_in, torch.cat([up[0], gate[0]]), bias, f"{name}.gate_up")
-        self.set_linear(ff.proj_out, down[0], down[1], f"{name}.down")
+            up_bias, gate_bias = up[1], gate[1]
+            if (up_bias is None) != (gate_bias is None):
+                raise UnsupportedHFModel(
+                    f"{self.source}: {name}: a bias on one of the up and gate projections only "
+                    "is not supported"
+                )
+            bias = None if up_bias is None or gate_bias is None else torch.cat([up_bias, gate_bias])
+            self.set_linear(proj_in, torch.cat([up[0], gate[0]]), bias, f"{name}.gate_up")
+        self.set_linear(ff.get_submodule("proj_out"), down[0], down[1], f"{name}.down")
 
     def set_abs_positions(self, pos_emb: nn.Module, table: Tensor, name: str) -> None:
         """A learned position table: anyformer scales its lookup by pos_emb.scale (dim**-0.5),
         Hugging Face adds it unscaled, so the table is stored divided by that scale."""
         scale = float(getattr(pos_emb, "scale", 1.0))
         # divided in float64, rounded once into the model's dtype
-        self.set(pos_emb.emb.weight, table.double().div(scale), name)
+        self.set(pos_emb.get_parameter("emb.weight"), table.double().div(scale), name)
 
     def set_head(self, model: nn.Module, tied: bool, key: str = "lm_head.weight") -> None:
         """The LM head (``key`` has no base-model prefix): tied heads reuse the token embedding,
@@ -297,7 +308,7 @@ class WeightLoader:
         if key not in self.tensors:
             raise UnsupportedHFModel(f"{self.source}: missing tensor {key!r} (untied LM head)")
         self.used.add(key)
-        self.set(model.to_logits.weight, self._floating(key), key)
+        self.set(model.get_parameter("to_logits.weight"), self._floating(key), key)
 
     # ----------------------------------------------------------------- checks
 
@@ -329,10 +340,27 @@ def check_divisible(config: HFConfig, width_key: str, heads_key: str) -> int:
     return width // heads
 
 
+def tied_head(model: nn.Module) -> bool:
+    """Whether ``model``'s output head reuses its token embedding (``config.tie_embedding``)."""
+    tied = getattr(getattr(model, "config", None), "tie_embedding", None)
+    if not isinstance(tied, bool):
+        raise TypeError(
+            f"expected a TransformerWrapper (with config.tie_embedding), got {type(model).__name__}"
+        )
+    return tied
+
+
+def optional_tensor(module: nn.Module, name: str) -> Tensor | None:
+    """``module``'s tensor attribute ``name`` (a parameter such as a bias), None where it has
+    none."""
+    value = getattr(module, name, None)
+    return value if isinstance(value, Tensor) else None
+
+
 def layer_pairs(stack: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """The (self-attention block, feedforward block) of each layer of an anyformer stack."""
-    blocks = list(stack.layers)
-    types = "".join(b.layer_type for b in blocks)
+    blocks = list(stack.get_submodule("layers").children())
+    types = "".join(str(getattr(b, "layer_type", "?")) for b in blocks)
     if types != "af" * (len(blocks) // 2):
         raise UnsupportedHFModel(f"expected a stack of attention + feedforward layers, got {types}")
     return [(blocks[i], blocks[i + 1]) for i in range(0, len(blocks), 2)]

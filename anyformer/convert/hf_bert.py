@@ -12,7 +12,7 @@ the last hidden state and is dropped.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from .hf_base import HFConfig, HFFamily, WeightLoader, check_divisible, hf_activation, layer_pairs
 
@@ -62,29 +62,32 @@ def load(loader: WeightLoader, config: HFConfig, model: nn.Module, head: str) ->
     """Copy a BERT checkpoint's tensors into ``model`` (built by ``build``)."""
     take = loader.take
 
-    def linear(name: str) -> tuple:
+    def linear(name: str) -> tuple[Tensor, Tensor]:
         return take(f"{name}.weight"), take(f"{name}.bias")
 
     def norm(module: nn.Module, name: str) -> None:
         loader.set_norm(module, *linear(name), name)
 
     e = "embeddings."
-    loader.set(model.token_emb.emb.weight, take(e + "word_embeddings.weight"), "word_embeddings")
-    loader.set_abs_positions(model.pos_emb, take(e + "position_embeddings.weight"), "positions")
-    if model.embeds is not None:
+    words = take(e + "word_embeddings.weight")
+    loader.set(model.get_parameter("token_emb.emb.weight"), words, "word_embeddings")
+    positions = take(e + "position_embeddings.weight")
+    loader.set_abs_positions(model.get_submodule("pos_emb"), positions, "positions")
+    if getattr(model, "embeds", None) is not None:
         table = take(e + "token_type_embeddings.weight")
-        loader.set(model.embeds["token_type_embed"].weight, table, "token_type_embeddings")
-    norm(model.post_emb_norm, e + "LayerNorm")
-    for i, (attn, ff) in enumerate(layer_pairs(model.attn_layers)):
+        types = model.get_parameter("embeds.token_type_embed.weight")
+        loader.set(types, table, "token_type_embeddings")
+    norm(model.get_submodule("post_emb_norm"), e + "LayerNorm")
+    for i, (attn, ff) in enumerate(layer_pairs(model.get_submodule("attn_layers"))):
         p = f"encoder.layer.{i}."
         s = p + "attention.self."
         q, k, v = linear(s + "query"), linear(s + "key"), linear(s + "value")
         out = linear(p + "attention.output.dense")
-        loader.set_attention(attn.branch, q, k, v, out, p + "attention")
-        norm(attn.post_norm, p + "attention.output.LayerNorm")
+        loader.set_attention(attn.get_submodule("branch"), q, k, v, out, p + "attention")
+        norm(attn.get_submodule("post_norm"), p + "attention.output.LayerNorm")
         up, down = linear(p + "intermediate.dense"), linear(p + "output.dense")
-        loader.set_feedforward(ff.branch, up, down, p + "intermediate/output")
-        norm(ff.post_norm, p + "output.LayerNorm")
+        loader.set_feedforward(ff.get_submodule("branch"), up, down, p + "intermediate/output")
+        norm(ff.get_submodule("post_norm"), p + "output.LayerNorm")
 
 
 FAMILY = HFFamily(

@@ -11,9 +11,17 @@ training, so outputs in eval mode are unaffected.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
-from .hf_base import HFConfig, HFFamily, WeightLoader, check_divisible, hf_activation, layer_pairs
+from .hf_base import (
+    HFConfig,
+    HFFamily,
+    WeightLoader,
+    check_divisible,
+    hf_activation,
+    layer_pairs,
+    tied_head,
+)
 
 __all__ = ["FAMILY", "build", "load"]
 
@@ -56,25 +64,28 @@ def load(loader: WeightLoader, config: HFConfig, model: nn.Module, head: str) ->
     """Copy a GPT-2 checkpoint's tensors into ``model`` (built by ``build``)."""
     take = loader.take
 
-    def conv1d(name: str) -> tuple:
+    def conv1d(name: str) -> tuple[Tensor, Tensor]:
         return take(f"{name}.weight").t(), take(f"{name}.bias")
 
-    loader.set(model.token_emb.emb.weight, take("wte.weight"), "wte.weight")
-    loader.set_abs_positions(model.pos_emb, take("wpe.weight"), "wpe.weight")
-    for i, (attn, ff) in enumerate(layer_pairs(model.attn_layers)):
+    def norm(module: nn.Module, name: str) -> None:
+        loader.set_norm(module, take(f"{name}.weight"), take(f"{name}.bias"), name)
+
+    loader.set(model.get_parameter("token_emb.emb.weight"), take("wte.weight"), "wte.weight")
+    loader.set_abs_positions(model.get_submodule("pos_emb"), take("wpe.weight"), "wpe.weight")
+    stack = model.get_submodule("attn_layers")
+    for i, (attn, ff) in enumerate(layer_pairs(stack)):
         p = f"h.{i}."
-        loader.set_norm(attn.pre_norm, take(p + "ln_1.weight"), take(p + "ln_1.bias"), p + "ln_1")
+        norm(attn.get_submodule("pre_norm"), p + "ln_1")
         weight, bias = conv1d(p + "attn.c_attn")
         q, k, v = zip(weight.chunk(3), bias.chunk(3))
-        loader.set_attention(attn.branch, q, k, v, conv1d(p + "attn.c_proj"), p + "attn")
-        loader.set_norm(ff.pre_norm, take(p + "ln_2.weight"), take(p + "ln_2.bias"), p + "ln_2")
-        loader.set_feedforward(
-            ff.branch, conv1d(p + "mlp.c_fc"), conv1d(p + "mlp.c_proj"), p + "mlp"
-        )
-    final = model.attn_layers.final_norm
-    loader.set_norm(final, take("ln_f.weight"), take("ln_f.bias"), "ln_f")
+        out = conv1d(p + "attn.c_proj")
+        loader.set_attention(attn.get_submodule("branch"), q, k, v, out, p + "attn")
+        norm(ff.get_submodule("pre_norm"), p + "ln_2")
+        up, down = conv1d(p + "mlp.c_fc"), conv1d(p + "mlp.c_proj")
+        loader.set_feedforward(ff.get_submodule("branch"), up, down, p + "mlp")
+    norm(stack.get_submodule("final_norm"), "ln_f")
     if head == "lm":
-        loader.set_head(model, tied=model.config.tie_embedding)
+        loader.set_head(model, tied=tied_head(model))
 
 
 FAMILY = HFFamily(

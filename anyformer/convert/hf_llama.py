@@ -12,9 +12,17 @@ naming the option.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
-from .hf_base import HFConfig, HFFamily, WeightLoader, check_divisible, layer_pairs, rope_settings
+from .hf_base import (
+    HFConfig,
+    HFFamily,
+    WeightLoader,
+    check_divisible,
+    layer_pairs,
+    rope_settings,
+    tied_head,
+)
 
 __all__ = ["FAMILY", "build", "build_llama_like", "load"]
 
@@ -74,24 +82,27 @@ def load(loader: WeightLoader, config: HFConfig, model: nn.Module, head: str) ->
     """Copy a Llama-shaped checkpoint's tensors into ``model`` (built by ``build``)."""
     take, maybe = loader.take, loader.take_optional
 
-    def linear(name: str) -> tuple:
+    def linear(name: str) -> tuple[Tensor, Tensor | None]:
         return take(f"{name}.weight"), maybe(f"{name}.bias")
 
-    loader.set(model.token_emb.emb.weight, take("embed_tokens.weight"), "embed_tokens.weight")
-    for i, (attn, ff) in enumerate(layer_pairs(model.attn_layers)):
+    embedding = model.get_parameter("token_emb.emb.weight")
+    loader.set(embedding, take("embed_tokens.weight"), "embed_tokens.weight")
+    stack = model.get_submodule("attn_layers")
+    for i, (attn, ff) in enumerate(layer_pairs(stack)):
         p = f"layers.{i}."
-        loader.set_norm(attn.pre_norm, take(p + "input_layernorm.weight"), None, p + "input_ln")
+        gain = take(p + "input_layernorm.weight")
+        loader.set_norm(attn.get_submodule("pre_norm"), gain, None, p + "input_ln")
         a = p + "self_attn."
         q, k, v, o = (linear(a + n) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        loader.set_attention(attn.branch, q, k, v, o, a[:-1])
-        norm = take(p + "post_attention_layernorm.weight")
-        loader.set_norm(ff.pre_norm, norm, None, p + "post_attention_layernorm")
+        loader.set_attention(attn.get_submodule("branch"), q, k, v, o, a[:-1])
+        gain = take(p + "post_attention_layernorm.weight")
+        loader.set_norm(ff.get_submodule("pre_norm"), gain, None, p + "post_attention_layernorm")
         m = p + "mlp."
         gate, up, down = (linear(m + n) for n in ("gate_proj", "up_proj", "down_proj"))
-        loader.set_feedforward(ff.branch, up, down, m[:-1], gate=gate)
-    loader.set_norm(model.attn_layers.final_norm, take("norm.weight"), None, "norm")
+        loader.set_feedforward(ff.get_submodule("branch"), up, down, m[:-1], gate=gate)
+    loader.set_norm(stack.get_submodule("final_norm"), take("norm.weight"), None, "norm")
     if head == "lm":
-        loader.set_head(model, tied=model.config.tie_embedding)
+        loader.set_head(model, tied=tied_head(model))
 
 
 FAMILY = HFFamily(

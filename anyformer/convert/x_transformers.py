@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +73,10 @@ class Fused:
     sizes: tuple[int, ...]
     to_theirs: Callable[[Tensor], Tensor] | None = None
     to_ours: Callable[[Tensor], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.to_theirs is None) != (self.to_ours is None):
+            raise ValueError(f"internal: Fused({self.ours!r}) needs both maps or neither")
 
 
 @dataclass(frozen=True)
@@ -209,7 +214,10 @@ def _attention(m: Attention) -> list[Spec]:
 
 def _sizes(m: FusedQKV | SplitQKV) -> tuple[int, ...]:
     """(q, k[, v]) output widths; older modules had one `inner` width for all three."""
-    return tuple(m.sizes) if hasattr(m, "sizes") else (m.inner,) * 3
+    if hasattr(m, "sizes"):
+        return tuple(m.sizes)
+    inner: int = getattr(m, "inner")  # noqa: B009 - older modules: an attribute they no longer declare
+    return (inner,) * 3
 
 
 def _qkv_specs(
@@ -370,7 +378,8 @@ def _xtransformer(m: XTransformer) -> list[Spec]:
 
 
 #: anyformer module type -> rule; the most specific type in a module's MRO wins.
-RULES: dict[type, Callable[[nn.Module], list[Spec]]] = {
+#: (A rule takes its own module type: typed Any here, the MRO lookup in ``_rule`` ensures it.)
+RULES: dict[type, Callable[[Any], list[Spec]]] = {
     Block: _block,
     Attention: _attention,
     FusedQKV: _fused_qkv,
@@ -394,6 +403,13 @@ class _Link:
     maps: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None = None  # Mapped
     source: str | None = None  # Derived
     extra: Extra | None = None
+
+    @property
+    def key(self) -> str:
+        """``ours``, for every kind of link but an Extra (which has no tensor of ours)."""
+        if self.ours is None:
+            raise ValueError(f"internal: the Extra link {self.theirs} has no tensor of ours")
+        return self.ours
 
 
 def _join(prefix: str, name: str) -> str:
@@ -432,7 +448,9 @@ def _links(model: nn.Module) -> list[_Link]:
                 key = _join(ours, spec.ours)
                 claimed.add(key)
                 pieces = tuple(_join(theirs, t) for t in spec.theirs)
-                maps = None if spec.to_theirs is None else (spec.to_theirs, spec.to_ours)
+                maps = None
+                if spec.to_theirs is not None and spec.to_ours is not None:
+                    maps = (spec.to_theirs, spec.to_ours)
                 links.append(_Link(key, pieces, sizes=spec.sizes, maps=maps))
             elif isinstance(spec, Mapped):
                 key = _join(ours, spec.ours)
@@ -493,7 +511,7 @@ def to_x_transformers_state_dict(model: nn.Module) -> dict[str, Tensor]:
             if link.extra.fill:
                 out[link.theirs[0]] = link.extra.template.clone()
             continue
-        tensor = ours[link.ours] if link.maps is None else link.maps[0](ours[link.ours])
+        tensor = ours[link.key] if link.maps is None else link.maps[0](ours[link.key])
         if link.sizes is not None:
             for key, piece in zip(link.theirs, tensor.split(link.sizes, dim=0)):
                 out[key] = piece.clone()
@@ -515,17 +533,17 @@ def load_x_transformers_state_dict(model: nn.Module, state_dict: Mapping[str, Te
     _check_model(fn, model)
     _check_state_dict(fn, state_dict)
     match = _Match(model.state_dict(), dict(state_dict))
-    derived = []
+    derived: list[tuple[str, str]] = []  # (ours, the tensor of ours it is tied to)
     for link in _links(model):
         if link.extra is not None:
             match.extra(link.theirs[0], link.extra)
         elif link.source is not None:
-            derived.append(link)
+            derived.append((link.key, link.source))
         else:
             match.take(link)
     match.raise_if_unmatched(fn, type(model).__name__)
-    for link in derived:
-        match.new[link.ours] = match.new[link.source]
+    for key, source in derived:
+        match.new[key] = match.new[source]
     _check_tied(fn, match.expected, match.new)
     model.load_state_dict(match.new, strict=True)
 
@@ -576,7 +594,7 @@ class _Match:
         return value
 
     def take(self, link: _Link) -> None:
-        expected = self.expected[link.ours]
+        expected = self.expected[link.key]
         target = _shape(expected if link.maps is None else link.maps[0](expected))
         if link.sizes is None:
             pieces = [self._pop(link.theirs[0], target, expected.dtype)]
@@ -585,9 +603,10 @@ class _Match:
             pieces = [
                 self._pop(key, shape, expected.dtype) for key, shape in zip(link.theirs, shapes)
             ]
-        if all(p is not None for p in pieces):
-            value = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-            self.new[link.ours] = value if link.maps is None else link.maps[1](value)
+        found = [p for p in pieces if p is not None]
+        if len(found) == len(pieces):
+            value = found[0] if len(found) == 1 else torch.cat(found, dim=0)
+            self.new[link.key] = value if link.maps is None else link.maps[1](value)
 
     def extra(self, key: str, extra: Extra) -> None:
         if key not in self.remaining:

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
 __all__ = ["load_text_splits", "read_text_bytes", "split_bytes"]
 
-_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
+# suffix -> a decompressing reader over the binary file
+_COMPRESSED: dict[str, Callable[[io.BufferedIOBase], io.BufferedIOBase]] = {
+    ".gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    ".bz2": lambda raw: bz2.BZ2File(raw, mode="rb"),
+}
 _CHUNK = 1 << 20
 SNIFF = 8192
 """A file whose first ``SNIFF`` bytes hold a NUL byte is binary."""
@@ -37,7 +41,7 @@ class _NotRegular(Exception):
 
 
 @contextmanager
-def _open_regular(path: Path) -> Iterator[BinaryIO]:
+def _open_regular(path: Path) -> Iterator[io.BufferedIOBase]:
     """Open ``path`` for reading only if it is a regular file, without blocking on a FIFO."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -53,11 +57,11 @@ def _open_regular(path: Path) -> Iterator[BinaryIO]:
         if opener is None:
             yield raw
         else:
-            with opener(raw, "rb") as f:
+            with opener(raw) as f:
                 yield f
 
 
-def _read_upto(f: BinaryIO, limit: int | None) -> bytes:
+def _read_upto(f: io.BufferedIOBase, limit: int | None) -> bytes:
     """At most ``limit`` bytes of ``f`` (all of it for None), read in chunks."""
     parts, total = [], 0
     while limit is None or total < limit:
