@@ -1,7 +1,6 @@
 """anyformer: build any transformer from keyword switches (the x-transformers API, tested and fast)."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .cache import KVCache
 from .generation import (
     AutoregressiveWrapper,

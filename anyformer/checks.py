@@ -109,9 +109,9 @@ def check_token_ids(name: str, x: Tensor, num_tokens: int, sync: bool = True) ->
         f"(num_tokens={num_tokens}); checked on the device without a host sync",
     ):
         return
-    lo, hi = int(lo), int(hi)
-    if lo < 0 or hi >= num_tokens:
-        bad = lo if lo < 0 else hi
+    low, high = int(lo), int(hi)
+    if low < 0 or high >= num_tokens:
+        bad = low if low < 0 else high
         raise ValueError(
             f"{name} holds token id {bad}, outside the vocabulary [0, {num_tokens}) "
             f"(num_tokens={num_tokens})"

@@ -20,6 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from . import stack, wrappers
+from .config.vit import ViTConfig
+from .config.wrapper import split_keywords, wrapper_keywords
+
 __all__ = ["PRESETS", "bert", "build", "gpt2", "llama", "modern", "split", "vit"]
 
 _GPT2_SIZES = {"small": (768, 12, 12), "medium": (1024, 24, 16), "large": (1280, 36, 20),
@@ -77,6 +81,38 @@ def llama_ff_width(
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
+def _llama_style(
+    dim: int,
+    depth: int,
+    heads: int,
+    kv_heads: int | None,
+    num_tokens: int,
+    max_seq_len: int,
+    rope_theta: float,
+) -> dict[str, Any]:
+    """What Llama-style decoders share: rotary positions over each head's full width (base
+    ``rope_theta``), no absolute positions, pre-norm RMSNorm, grouped-query attention with
+    ``kv_heads`` key/value heads (None: one per query head), a bias-free SwiGLU feedforward."""
+    gqa = {"attn_kv_heads": kv_heads} if kv_heads is not None and kv_heads != heads else {}
+    return {
+        "num_tokens": num_tokens,
+        "max_seq_len": max_seq_len,
+        "use_abs_pos_emb": False,
+        "dim": dim,
+        "depth": depth,
+        "heads": heads,
+        "attn_dim_head": dim // heads,
+        **gqa,
+        "rotary_pos_emb": True,
+        "rotary_emb_dim": dim // heads,
+        "rotary_theta": rope_theta,
+        "use_rmsnorm": True,
+        "ff_glu": True,
+        "ff_swish": True,
+        "ff_no_bias": True,
+    }
+
+
 def llama(
     dim: int = 4096,
     depth: int = 32,
@@ -99,25 +135,10 @@ def llama(
     query head, as Llama 2 7B/13B; 70B uses 8), SwiGLU of width :func:`llama_ff_width`
     (unless ``ff_inner_dim``), no biases, an untied head.
     """
-    gqa = {"attn_kv_heads": kv_heads} if kv_heads is not None and kv_heads != heads else {}
     return {
-        "num_tokens": num_tokens,
-        "max_seq_len": max_seq_len,
-        "use_abs_pos_emb": False,
+        **_llama_style(dim, depth, heads, kv_heads, num_tokens, max_seq_len, rope_theta),
         "tie_embedding": tie_embedding,
-        "dim": dim,
-        "depth": depth,
-        "heads": heads,
-        "attn_dim_head": dim // heads,
-        **gqa,
-        "rotary_pos_emb": True,
-        "rotary_emb_dim": dim // heads,
-        "rotary_theta": rope_theta,
-        "use_rmsnorm": True,
         "norm_eps": norm_eps,
-        "ff_glu": True,
-        "ff_swish": True,
-        "ff_no_bias": True,
         "ff_inner_dim": ff_inner_dim or llama_ff_width(dim, multiple_of),
     }
 
@@ -208,24 +229,9 @@ def modern(
     optional grouped-query attention (``kv_heads``), and the head tied to the token embedding
     (as small models such as Qwen2-0.5B do, which saves num_tokens * dim parameters).
     """
-    gqa = {"attn_kv_heads": kv_heads} if kv_heads is not None and kv_heads != heads else {}
     return {
-        "num_tokens": num_tokens,
-        "max_seq_len": max_seq_len,
-        "use_abs_pos_emb": False,
+        **_llama_style(dim, depth, heads, kv_heads, num_tokens, max_seq_len, rope_theta),
         "tie_embedding": True,
-        "dim": dim,
-        "depth": depth,
-        "heads": heads,
-        "attn_dim_head": dim // heads,
-        **gqa,
-        "rotary_pos_emb": True,
-        "rotary_emb_dim": dim // heads,
-        "rotary_theta": rope_theta,
-        "use_rmsnorm": True,
-        "ff_glu": True,
-        "ff_swish": True,
-        "ff_no_bias": True,
         "ff_inner_dim": llama_ff_width(dim, multiple_of=64),
     }
 
@@ -240,24 +246,20 @@ PRESETS: dict[str, tuple[Callable[..., dict], str, str]] = {
 }
 
 
-def _classes(name: str) -> tuple[type[nn.Module], type[nn.Module], tuple[str, ...]]:
-    from . import stack, wrappers
-    from .config.vit import ViTConfig
-    from .config.wrapper import WrapperConfig
+_VIT_KEYWORDS = tuple(f.name for f in dataclasses.fields(ViTConfig))
 
+
+def _classes(name: str) -> tuple[type[nn.Module], type[nn.Module], tuple[str, ...]]:
     if name not in PRESETS:
         raise ValueError(f"presets: unknown preset {name!r} (presets: {', '.join(PRESETS)})")
     _, wrapper, stack_name = PRESETS[name]
-    fields = WrapperConfig if wrapper == "TransformerWrapper" else ViTConfig
-    keys = tuple(f.name for f in dataclasses.fields(fields))
+    keys = wrapper_keywords() if wrapper == "TransformerWrapper" else _VIT_KEYWORDS
     return getattr(wrappers, wrapper), getattr(stack, stack_name), keys
 
 
 def split(name: str, keywords: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A preset's keywords -> (wrapper keywords, stack keywords)."""
-    _, _, keys = _classes(name)
-    wrapper = {k: v for k, v in keywords.items() if k in keys}
-    return wrapper, {k: v for k, v in keywords.items() if k not in keys}
+    return split_keywords(keywords, _classes(name)[2])
 
 
 def build(name: str, /, **arguments: Any) -> nn.Module:

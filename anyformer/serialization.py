@@ -40,11 +40,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from ._version import __version__
+from .quantize.swap import quantize_entry, restore_quantized
 
 __all__ = [
     "CONFIG_NAME",
@@ -95,38 +98,18 @@ def register_model_class(cls: type[nn.Module], name: str | None = None) -> type[
     return cls
 
 
+def _from_config(name: str, config: dict[str, Any]) -> nn.Module:
+    """Build the registered model class ``name`` from its saved configuration."""
+    built: nn.Module = cast(Any, MODEL_CLASSES[name]).from_config(config)
+    return built
+
+
 def register_wrapper_class(
     cls: type[nn.Module], options: tuple[str, ...], name: str | None = None
 ) -> type[nn.Module]:
     """Make a wrapper around a model (held as ``.net``) savable: ``options`` are its init keywords."""
     WRAPPER_CLASSES[name or cls.__name__] = (cls, tuple(options))
     return cls
-
-
-_WRAPPER_OPTIONS = ("ignore_index", "pad_value")
-
-
-def _ensure_registered() -> None:
-    """Register the built-in classes (imported lazily: the wrappers may import this module)."""
-    if "TransformerWrapper" in MODEL_CLASSES:
-        return
-    from . import generation, wrappers
-
-    for name in (
-        "TransformerWrapper",
-        "ContinuousTransformerWrapper",
-        "ViTransformerWrapper",
-        "XTransformer",
-    ):
-        if hasattr(wrappers, name):
-            MODEL_CLASSES.setdefault(name, getattr(wrappers, name))
-    for name in (
-        "AutoregressiveWrapper",
-        "ContinuousAutoregressiveWrapper",
-        "XLAutoregressiveWrapper",
-    ):
-        if hasattr(generation, name):
-            WRAPPER_CLASSES.setdefault(name, (getattr(generation, name), _WRAPPER_OPTIONS))
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -709,7 +692,6 @@ def large_settings(config: Any, prefix: str = "", top: int = 3) -> str:
 
 def _split_wrapper(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
     """-> (the model whose config is saved, the wrapper entry of config.json or None)."""
-    _ensure_registered()
     name = type(model).__name__
     if name in WRAPPER_CLASSES and isinstance(model, WRAPPER_CLASSES[name][0]):
         _, options = WRAPPER_CLASSES[name]
@@ -721,7 +703,8 @@ def _split_wrapper(model: nn.Module) -> tuple[nn.Module, dict[str, Any] | None]:
                 f"save_pretrained: {name} holds a custom loss_fn, which a folder cannot keep; "
                 "save its .net and wrap the loaded model again"
             )
-        return model.net, {"class": name, **{o: getattr(model, o) for o in options}}
+        net = model.get_submodule("net")
+        return net, {"class": name, **{o: getattr(model, o) for o in options}}
     return model, None
 
 
@@ -761,7 +744,7 @@ def _check_fields(file: Path, data: Any) -> None:
     version = data.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError(f"{file}: 'format_version' must be an integer, got {version!r}")
-    expected = {
+    expected: dict[str, tuple[type | tuple[type, ...], str]] = {
         "class": (str, "a class name"),
         "dtype": ((str, type(None)), "a dtype name or null"),
         "tied_weights": ((dict, type(None)), "an object {alias: stored name}"),
@@ -779,8 +762,6 @@ def _check_fields(file: Path, data: Any) -> None:
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``config.json`` of a model folder (no weights are read)."""
-    from . import __version__
-
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a model folder (no such directory)")
@@ -815,8 +796,6 @@ def save_pretrained(
     ``AutoregressiveWrapper`` is saved as its inner net plus the wrapper's options, and loads
     back wrapped.
     """
-    from . import __version__
-
     inner, wrapper = _split_wrapper(model)
     name = _model_class_name(inner)
     tensors, tied = unique_state_dict(inner)
@@ -824,10 +803,12 @@ def save_pretrained(
         "format_version": FORMAT_VERSION,
         "anyformer_version": __version__,
         "class": name,
-        "config": inner.config_dict(),
+        "config": cast(Any, inner).config_dict(),  # registered classes have it
         "dtype": _float_dtype(inner),
         "tied_weights": tied,
     }
+    if (quantized := quantize_entry(inner)) is not None:  # which maps are int8/int4
+        config["quantize"] = quantized
     if wrapper is not None:
         config["wrapper"] = wrapper
     text = json.dumps(config, indent=2, sort_keys=False) + "\n"
@@ -863,7 +844,7 @@ def _rebuild(file: Path, data: dict[str, Any], header: Header) -> tuple[nn.Modul
     shapes = [shape for shape, _ in header.values()]
 
     def build() -> nn.Module:
-        return MODEL_CLASSES[name].from_config(data["config"])
+        return _from_config(name, data["config"])
 
     try:
         try:
@@ -956,10 +937,12 @@ def load_pretrained(
     ``dtype=None`` keeps the saved floating dtype; ``device=None`` loads on the CPU. Before
     anything is allocated, the model is built on the meta device and compared with the
     weights file's header (names, shapes, dtypes, ``tied_weights``); a mismatch raises
-    ``ValueError`` naming the tensor.
+    ``ValueError`` naming the tensor. A run folder of ``anyformer train`` loads its newest
+    checkpoint.
     """
-    _ensure_registered()
-    folder = _interrupted_swap(Path(path))
+    from .cli.layout import newest_checkpoint  # a run folder: its newest checkpoint
+
+    folder = _interrupted_swap(newest_checkpoint(path))
     data = read_config(folder)
     file = folder / CONFIG_NAME
     tied = data.get("tied_weights") or {}
@@ -967,12 +950,14 @@ def load_pretrained(
     weights = weights_file(folder)
     header = read_header(weights)
     model, on_meta = _rebuild(file, data, header)
+    restore_quantized(model, data.get("quantize"), str(file))
     if saved_dtype is not None:
         model = model.to(saved_dtype)
     _check_tied(file, model, header, tied)
     _check_header(weights, model, header, tied)
     if on_meta:  # the sizes agree: build it for real
-        model = MODEL_CLASSES[data["class"]].from_config(data["config"])
+        model = _from_config(data["class"], data["config"])
+        restore_quantized(model, data.get("quantize"), str(file))
         if saved_dtype is not None:
             model = model.to(saved_dtype)
     loaded = read_weights(weights)
@@ -989,7 +974,26 @@ def load_pretrained(
 
 
 class PretrainedMixin:
-    """Adds ``model.save_pretrained(path)`` and ``Class.from_pretrained(path)`` to a model class."""
+    """Adds ``model.save_pretrained(path)`` and ``Class.from_pretrained(path)`` to a model class.
+
+    A subclass fills the folder registry where it is defined: ``class M(PretrainedMixin,
+    nn.Module, folder_model=True)`` makes ``M`` a model class of :data:`MODEL_CLASSES`;
+    ``folder_wrapper=("ignore_index", ...)`` makes it a wrapper of :data:`WRAPPER_CLASSES` with
+    those init keywords (the format itself names no class).
+    """
+
+    def __init_subclass__(
+        cls,
+        *,
+        folder_model: bool = False,
+        folder_wrapper: tuple[str, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if folder_model:
+            register_model_class(cls)  # type: ignore[arg-type]
+        if folder_wrapper is not None:
+            register_wrapper_class(cls, folder_wrapper)  # type: ignore[arg-type]
 
     def save_pretrained(self, path: str | os.PathLike, *, safe_serialization: bool = True) -> Path:
         """Write this model to the folder ``path`` (see :func:`save_pretrained`)."""
@@ -1005,7 +1009,7 @@ class PretrainedMixin:
         """Load a folder holding this class (a saved wrapper's inner net also qualifies)."""
         model = load_pretrained(path, device=device, dtype=dtype)
         if not isinstance(model, cls) and isinstance(getattr(model, "net", None), cls):
-            model = model.net
+            model = model.get_submodule("net")
         if not isinstance(model, cls):
             raise ValueError(
                 f"{Path(path) / CONFIG_NAME}: holds a {type(model).__name__}, not a {cls.__name__}"

@@ -160,3 +160,17 @@ def test_saved_folders_load_back_with_their_wrappers(tmp_path) -> None:
     save_pretrained(XL(xl), tmp_path / "xl")
     back = load_pretrained(tmp_path / "xl")
     assert isinstance(back, XL) and back.net.config == xl.config
+
+
+@pytest.mark.parametrize("bad", [16, -1])
+def test_pos_outside_the_position_table_is_a_value_error(bad):
+    """The continuous wrapper checks pos's range as the token wrapper does (it did not: an
+    out-of-range position reached the embedding table as an IndexError)."""
+    _, cont = _pair()
+    x = torch.randn(1, 3, 16)
+    pos = torch.tensor([0, 1, bad])
+    with pytest.raises(ValueError, match=rf"pos holds position {bad}, outside \[0, 16\)"):
+        cont(x, pos=pos)
+    with pytest.raises(ValueError, match=r"pos must be a torch.long tensor of shape \(3,\)"):
+        cont(x, pos=torch.tensor([0.0, 1.0, 2.0]))
+    assert cont(x, pos=torch.tensor([0, 1, 15])).shape == (1, 3, 16)  # the last row is valid

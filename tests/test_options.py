@@ -99,3 +99,38 @@ def test_norm_options_reach_every_norm():
     torch.testing.assert_close(norms[0].double()(x), expected)
     with pytest.raises(ValueError, match="norm_eps must be > 0, got 0"):
         Decoder(dim=16, depth=1, norm_eps=0.0)
+
+
+def test_keyword_names_read_a_signature_once_each():
+    from anyformer.config.options import keyword_names
+
+    def first(self, x, a=1, *args, b=2, **kwargs):
+        return None
+
+    def second(x, /, b=3, c=4):
+        return None
+
+    assert keyword_names(first, second, skip=("x",)) == ["a", "b", "c"]
+    assert keyword_names(second) == ["b", "c"]  # x is positional-only
+
+
+def test_stack_forward_keywords_are_its_signature():
+    """AttentionLayers reports unknown forward keywords from its own signature."""
+    model = Decoder(dim=16, depth=1, heads=2)
+    with pytest.raises(TypeError, match=r"'cache_agee'\. Did you mean 'cache_age'\?"):
+        model(torch.randn(1, 2, 16), cache_agee=1)
+
+
+def test_keyword_side_prefixes_every_name_in_config_errors():
+    from anyformer.config.options import current_prefix, keyword_prefix, keyword_side
+
+    with keyword_side("dec_"):
+        assert current_prefix() == "dec_"
+        assert current_prefix("attn_") == "dec_attn_"
+        with keyword_prefix("cross_attn_"):
+            assert current_prefix("attn_") == "dec_cross_attn_"
+        with pytest.raises(ValueError, match="AttentionLayers: dec_norm_eps must be > 0"):
+            Decoder(dim=16, depth=1, norm_eps=0.0)
+    assert current_prefix("attn_") == "attn_"
+    with pytest.raises(ValueError, match="AttentionLayers: norm_eps must be > 0"):
+        Decoder(dim=16, depth=1, norm_eps=0.0)

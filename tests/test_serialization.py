@@ -478,3 +478,36 @@ def test_save_pretrained_method_and_from_pretrained_on_every_model_class(tmp_pat
     assert torch.equal(TransformerWrapper.from_pretrained(tmp_path / "ar").eval()(x), lm(x))
     with pytest.raises(ValueError, match="holds a TransformerWrapper, not a ViTransformerWrapper"):
         ViTransformerWrapper.from_pretrained(tmp_path / "0")
+
+
+def test_a_class_joins_the_folder_registry_where_it_is_defined(tmp_path):
+    """The folder format names no model class: classes register themselves with a class
+    keyword (folder_model / folder_wrapper); plain subclasses do not."""
+    from anyformer.serialization import WRAPPER_CLASSES
+
+    class Registered(TransformerWrapper, folder_model=True):
+        pass
+
+    class Plain(TransformerWrapper):
+        pass
+
+    class Wrapped(AutoregressiveWrapper, folder_wrapper=("pad_value",)):
+        pass
+
+    try:
+        assert MODEL_CLASSES["Registered"] is Registered and "Plain" not in MODEL_CLASSES
+        assert WRAPPER_CLASSES["Wrapped"] == (Wrapped, ("pad_value",))
+        net = Registered(num_tokens=8, max_seq_len=8, attn_layers=Decoder(dim=8, depth=1, heads=2))
+        save_pretrained(Wrapped(net, pad_value=3), tmp_path / "m")
+        loaded = load_pretrained(tmp_path / "m")
+        assert type(loaded) is Wrapped and type(loaded.net) is Registered
+        assert loaded.pad_value == 3
+    finally:
+        MODEL_CLASSES.pop("Registered")
+        WRAPPER_CLASSES.pop("Wrapped")
+    assert sorted(MODEL_CLASSES) == [
+        "ContinuousTransformerWrapper",
+        "TransformerWrapper",
+        "ViTransformerWrapper",
+        "XTransformer",
+    ]

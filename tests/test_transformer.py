@@ -93,3 +93,26 @@ def test_autocast_low_precision_matches_float32(dtype, flash):
     assert out.dtype == dtype
     assert torch.isfinite(out).all()
     assert (out.float() - reference).abs().max().item() < 0.1
+
+
+def test_a_prefix_decoder_stack_takes_its_forward_keywords_through_the_wrapper():
+    """The wrapper accepts what the stack's forward accepts, read from every forward of the
+    stack's class (a PrefixDecoder's own and AttentionLayers'); it used to read only
+    PrefixDecoder.forward and refused self_attn_kv_mask, context, cache_age, ..."""
+    from anyformer import PrefixDecoder
+
+    torch.manual_seed(0)
+    model = TransformerWrapper(
+        num_tokens=16, max_seq_len=8, attn_layers=PrefixDecoder(dim=16, depth=1, heads=2)
+    ).eval()
+    x = torch.randint(0, 16, (2, 5))
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    plain = model(x, prefix_attn_len=2)
+    assert torch.equal(model(x, prefix_attn_len=2, self_attn_kv_mask=keep), plain)
+    hidden = torch.tensor([[True, True, True, True, False]] * 2)
+    assert torch.equal(
+        model(x, prefix_attn_len=2, self_attn_kv_mask=hidden),
+        model(x, prefix_attn_len=2, mask=hidden),
+    )
+    with pytest.raises(TypeError, match=r"'prefix_attn_lne'\. Did you mean 'prefix_attn_len'\?"):
+        model(x, prefix_attn_lne=2)

@@ -77,3 +77,34 @@ def test_cross_attn_tokens_dropout_keeps_a_fraction_in_training():
     model.eval()(src, tgt)
     handle.remove()
     assert seen == [8, 16]
+
+
+def test_side_errors_name_the_keywords_as_written():
+    """Each side's parser gets its prefix and names keywords with it; words that are not
+    keywords stay as they are (the old regex rewrite of the message made 'key/value heads'
+    'key/value dec_heads')."""
+    with pytest.raises(
+        ValueError, match=r"TransformerWrapper: dec_emb_dropout must be in \[0, 1\)"
+    ):
+        XTransformer(**BASE, dec_emb_dropout=1.5)
+    with pytest.raises(ValueError, match="enc_use_scalenorm=True and enc_use_rmsnorm=True"):
+        XTransformer(**BASE, enc_use_rmsnorm=True, enc_use_scalenorm=True)
+    with pytest.raises(ValueError) as info:
+        XTransformer(
+            **BASE,
+            dec_attn_qk_norm=True,
+            dec_attn_qk_norm_dim_scale=True,
+            dec_attn_kv_heads=1,
+            dec_rotary_pos_emb=True,
+        )
+    message = str(info.value)
+    assert "dec_attn_qk_norm_dim_scale=True with dec_attn_kv_heads=1" in message
+    assert "(fewer key/value heads than dec_heads=2)" in message
+    assert "dec_rotary_pos_emb" in message
+    with pytest.raises(ValueError, match="dec_attn_dropout must be in"):  # a prefixed group
+        XTransformer(**BASE, dec_attn_dropout=2.0)
+    # outside an XTransformer, the same errors name the keywords without a side
+    with pytest.raises(ValueError, match="AttentionLayers: use_scalenorm=True and use_rmsnorm"):
+        XTransformer(**BASE, enc_use_rmsnorm=True).encoder.attn_layers.__class__(
+            dim=8, depth=1, use_rmsnorm=True, use_scalenorm=True
+        )

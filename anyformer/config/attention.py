@@ -19,6 +19,15 @@ KERNELS = ("auto", "explicit")
 
 _TALKING = "https://arxiv.org/abs/2003.02436"
 _QK_NORM = "https://arxiv.org/abs/2010.04245"
+_QK_DIM_SCALE = "https://arxiv.org/abs/2302.05442"
+_MEM_KV = "https://arxiv.org/abs/1907.01470"
+_ZERO_KV = "https://www.evanmiller.org/attention-is-off-by-one.html"
+_ON_ATTN = "https://arxiv.org/abs/1908.06954"
+_GATED = "https://www.nature.com/articles/s41586-021-03819-2"
+_SWIGLU = "https://arxiv.org/abs/2002.05202"
+_HEAD_GATES = "https://arxiv.org/abs/2306.12929"
+_TENSOR_PRODUCT = "https://arxiv.org/abs/2208.06061"
+_ROTARY = "https://arxiv.org/abs/2104.09864"
 
 
 @dataclass(frozen=True)
@@ -97,40 +106,34 @@ class AttentionConfig:
     )
     qk_norm_scale: float = option(10.0, "qk_norm: the fixed logit scale", _QK_NORM)
     qk_norm_dim_scale: bool = option(
-        False, "qk_norm: learned per-feature scales of the normalised queries and keys",
-        "https://arxiv.org/abs/2302.05442",
-    )  # fmt: skip
-    num_mem_kv: int = option(
-        0, "learned memory key/value pairs prepended to the keys of every query",
-        "https://arxiv.org/abs/1907.01470",
-    )  # fmt: skip
-    add_zero_kv: bool = option(
-        False, "prepend an all-zero key/value, so a query can attend to nothing",
-        "https://www.evanmiller.org/attention-is-off-by-one.html",
-    )  # fmt: skip
-    on_attn: bool = option(
-        False, "attention on attention: the output projection is Linear -> GLU",
-        "https://arxiv.org/abs/1908.06954",
-    )  # fmt: skip
-    gate_values: bool = option(
-        False, "gate the merged head outputs by sigmoid(Linear(x)) (init open)",
-        "https://www.nature.com/articles/s41586-021-03819-2",
-    )  # fmt: skip
-    swiglu_values: bool = option(
-        False, "gate_values with SiLU instead of sigmoid", "https://arxiv.org/abs/2002.05202"
+        False,
+        "qk_norm: learned per-feature scales of the normalised queries and keys",
+        _QK_DIM_SCALE,
     )
+    num_mem_kv: int = option(
+        0, "learned memory key/value pairs prepended to the keys of every query", _MEM_KV
+    )
+    add_zero_kv: bool = option(
+        False, "prepend an all-zero key/value, so a query can attend to nothing", _ZERO_KV
+    )
+    on_attn: bool = option(
+        False, "attention on attention: the output projection is Linear -> GLU", _ON_ATTN
+    )
+    gate_values: bool = option(
+        False, "gate the merged head outputs by sigmoid(Linear(x)) (init open)", _GATED
+    )
+    swiglu_values: bool = option(False, "gate_values with SiLU instead of sigmoid", _SWIGLU)
     gate_value_heads: bool = option(
-        False, "per-head sigmoid gate of the head outputs, from the input (init open)",
-        "https://arxiv.org/abs/2306.12929",
-    )  # fmt: skip
+        False, "per-head sigmoid gate of the head outputs, from the input (init open)", _HEAD_GATES
+    )
     tensor_product: bool = option(
-        False, "tensor-product attention: head outputs o become o * r + o, r = Linear(x) per head",
-        "https://arxiv.org/abs/2208.06061",
-    )  # fmt: skip
+        False,
+        "tensor-product attention: head outputs o become o * r + o, r = Linear(x) per head",
+        _TENSOR_PRODUCT,
+    )
     rotary_embed_values: bool = option(
-        False, "rotate the values as the keys (with rotary_pos_emb)",
-        "https://arxiv.org/abs/2104.09864",
-    )  # fmt: skip
+        False, "rotate the values as the keys (with rotary_pos_emb)", _ROTARY
+    )
     max_attend_past: int | None = option(
         None, "self-attention: a query sees no key more than this many positions before it (a "
         "mask: still quadratic)",

@@ -7,7 +7,9 @@ Each feature issue removes its names from these tables as it lands.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+from .._version import __version__
 
 __all__ = [
     "LATER_ATTENTION",
@@ -37,11 +39,9 @@ LATER_FORWARD: dict[str, str] = {}
 
 
 def raise_if_later(
-    owner: str, names: Iterable[str], registry: dict[str, str], prefix: str = ""
+    owner: str, names: Iterable[str], registry: Mapping[str, str], prefix: str = ""
 ) -> None:
     """Raise NotImplementedError for the first name that is known but not implemented yet."""
-    from .. import __version__
-
     for name in names:
         if name in registry:
             raise NotImplementedError(

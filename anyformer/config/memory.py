@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import option
+from .options import current_prefix, option
 
 __all__ = ["MemoryOptions"]
 
@@ -38,17 +38,18 @@ class MemoryOptions:
 
     def check_memory(self, owner: str) -> None:
         """Validate the memory options (called from the inheriting config's __post_init__)."""
+        p = current_prefix()
         for name in ("num_memory_tokens", "memory_tokens_interspersed_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{owner}: {name} must be >= 1 (or None), got {value}")
+                raise ValueError(f"{owner}: {p}{name} must be >= 1 (or None), got {value}")
         if self.memory_tokens_interspersed_every is not None and not self.num_memory_tokens:
             raise ValueError(
-                f"{owner}: memory_tokens_interspersed_every needs num_memory_tokens >= 1"
+                f"{owner}: {p}memory_tokens_interspersed_every needs {p}num_memory_tokens >= 1"
             )
         for name in ("max_mem_len", "shift_mem_down"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{owner}: {name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{owner}: {p}{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def memory_token_count(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import check_fields, option
+from .options import check_fields, current_prefix, option
 
 __all__ = ["NormConfig"]
 
@@ -39,20 +39,22 @@ class NormConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "AttentionLayers")
+        p = current_prefix()
+        check_fields(self, "AttentionLayers", p)
         if self.norm_eps is not None and not self.norm_eps > 0:
-            raise ValueError(f"AttentionLayers: norm_eps must be > 0, got {self.norm_eps}")
+            raise ValueError(f"AttentionLayers: {p}norm_eps must be > 0, got {self.norm_eps}")
         chosen = [
             n for n in ("use_scalenorm", "use_rmsnorm", "use_simple_rmsnorm") if getattr(self, n)
         ]
         if len(chosen) > 1:
             raise ValueError(
-                f"AttentionLayers: {' and '.join(f'{n}=True' for n in chosen)} each choose the "
+                f"AttentionLayers: {' and '.join(f'{p}{n}=True' for n in chosen)} each choose the "
                 "norm; set only one"
             )
         if self.norm_bias and chosen:
             raise ValueError(
-                f"AttentionLayers: norm_bias=True is a LayerNorm option; {chosen[0]}=True has no bias"
+                f"AttentionLayers: {p}norm_bias=True is a LayerNorm option; {p}{chosen[0]}=True "
+                "has no bias"
             )
 
     @property

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -17,7 +18,9 @@ __all__ = [
     "check_fields",
     "current_prefix",
     "from_dict",
+    "keyword_names",
     "keyword_prefix",
+    "keyword_side",
     "option",
     "option_docs",
     "suggest",
@@ -27,6 +30,7 @@ __all__ = [
 
 
 _PREFIX: ContextVar[str | None] = ContextVar("anyformer_keyword_prefix", default=None)
+_SIDE: ContextVar[str] = ContextVar("anyformer_keyword_side", default="")
 
 
 @contextmanager
@@ -39,10 +43,22 @@ def keyword_prefix(prefix: str) -> Iterator[None]:
         _PREFIX.reset(token)
 
 
-def current_prefix(default: str) -> str:
-    """The keyword prefix set by keyword_prefix(), else `default`."""
+@contextmanager
+def keyword_side(side: str) -> Iterator[None]:
+    """Within this block, config errors name every keyword with `side` first: the keywords of
+    one side of an XTransformer (``enc_`` / ``dec_``) as the user wrote them."""
+    token = _SIDE.set(side)
+    try:
+        yield
+    finally:
+        _SIDE.reset(token)
+
+
+def current_prefix(default: str = "") -> str:
+    """How a keyword is written here: the side (keyword_side), then the prefix set by
+    keyword_prefix(), else `default` (e.g. 'dec_' + 'attn_')."""
     prefix = _PREFIX.get()
-    return default if prefix is None else prefix
+    return _SIDE.get() + (default if prefix is None else prefix)
 
 
 def option(default: Any, doc: str, paper: str | None = None) -> Any:
@@ -68,6 +84,20 @@ def suggest(name: str, candidates: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix naming the closest candidate, or '' when none is close."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def keyword_names(*functions: Callable[..., Any], skip: Iterable[str] = ()) -> list[str]:
+    """The names the functions take by keyword, in order and once each (not ``self``,
+    ``*args`` / ``**kwargs``, nor ``skip``): what a forward accepts, read from its signature."""
+    skipped = {"self", *skip}
+    names: list[str] = []
+    for function in functions:
+        for name, param in inspect.signature(function).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+                continue
+            if name not in skipped and name not in names:
+                names.append(name)
+    return names
 
 
 def unknown_keyword(owner: str, name: str, candidates: Iterable[str]) -> TypeError:
@@ -120,8 +150,10 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "")
 
 
-def check_fields(config: Any, owner: str, prefix: str = "") -> None:
-    """Check every field of a frozen config against its annotation; ints become floats where asked."""
+def check_fields(config: Any, owner: str, prefix: str | None = None) -> None:
+    """Check every field of a frozen config against its annotation; ints become floats where
+    asked. Errors name a field as ``prefix`` + its name (default: :func:`current_prefix`)."""
+    prefix = current_prefix() if prefix is None else prefix
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import check_fields, option
+from .options import check_fields, current_prefix, option
 
 __all__ = ["PositionConfig"]
 
@@ -89,49 +89,53 @@ class PositionConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "AttentionLayers")
+        p = current_prefix()
+        check_fields(self, "AttentionLayers", p)
         on = self.bias_keywords
         if len(on) > 1:
             raise ValueError(
-                f"AttentionLayers: {' and '.join(on)} cannot be combined: choose one additive "
-                "position bias"
+                f"AttentionLayers: {' and '.join(p + n for n in on)} cannot be combined: choose "
+                "one additive position bias"
             )
         if self.rotary_emb_dim is not None and (self.rotary_emb_dim < 2 or self.rotary_emb_dim % 2):
             raise ValueError(
-                f"AttentionLayers: rotary_emb_dim must be an even int >= 2, got {self.rotary_emb_dim}"
+                f"AttentionLayers: {p}rotary_emb_dim must be an even int >= 2, got "
+                f"{self.rotary_emb_dim}"
             )
         if self.rotary_interpolation_factor < 1:
             raise ValueError(
-                "AttentionLayers: rotary_interpolation_factor must be >= 1, got "
+                f"AttentionLayers: {p}rotary_interpolation_factor must be >= 1, got "
                 f"{self.rotary_interpolation_factor}"
             )
         for name in ("rotary_xpos_scale_base", "rotary_base_rescale_factor", "rotary_theta"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"AttentionLayers: {name} must be > 0, got {getattr(self, name)}")
+                raise ValueError(
+                    f"AttentionLayers: {p}{name} must be > 0, got {getattr(self, name)}"
+                )
         if not self.uses_rotary:
             changed = [n for n, d in _ROTARY_OPTIONS.items() if getattr(self, n) != d]
             if changed:
                 raise ValueError(
-                    f"AttentionLayers: {changed[0]} was set but rotary_pos_emb=False "
-                    "(turn rotary_pos_emb on, or drop the option)"
+                    f"AttentionLayers: {p}{changed[0]} was set but {p}rotary_pos_emb=False "
+                    f"(turn {p}rotary_pos_emb on, or drop the option)"
                 )
         if self.alibi_num_heads is not None:
             if not self.alibi_pos_bias:
                 raise ValueError(
-                    "AttentionLayers: alibi_num_heads was set but alibi_pos_bias=False"
+                    f"AttentionLayers: {p}alibi_num_heads was set but {p}alibi_pos_bias=False"
                 )
             if self.alibi_num_heads < 1:
                 raise ValueError(
-                    f"AttentionLayers: alibi_num_heads must be >= 1, got {self.alibi_num_heads}"
+                    f"AttentionLayers: {p}alibi_num_heads must be >= 1, got {self.alibi_num_heads}"
                 )
         if self.rel_pos_num_buckets < 2 or self.rel_pos_num_buckets > self.rel_pos_max_distance:
             raise ValueError(
-                "AttentionLayers: rel_pos_num_buckets must be in [2, rel_pos_max_distance="
+                f"AttentionLayers: {p}rel_pos_num_buckets must be in [2, {p}rel_pos_max_distance="
                 f"{self.rel_pos_max_distance}], got {self.rel_pos_num_buckets}"
             )
         if self.dynamic_pos_bias_mlp_depth < 1:
             raise ValueError(
-                "AttentionLayers: dynamic_pos_bias_mlp_depth must be >= 1, got "
+                f"AttentionLayers: {p}dynamic_pos_bias_mlp_depth must be >= 1, got "
                 f"{self.dynamic_pos_bias_mlp_depth}"
             )
 
@@ -170,38 +174,40 @@ class PositionConfig:
         value_dim_head: int | None = None,
     ) -> None:
         """Checks that need the stack's own options."""
+        p = current_prefix()
         if rotate_values and not self.uses_rotary:
             raise ValueError(
-                "AttentionLayers: attn_rotary_embed_values=True needs rotary_pos_emb=True"
+                f"AttentionLayers: {p}attn_rotary_embed_values=True needs {p}rotary_pos_emb=True"
             )
         if rotate_values and value_dim_head not in (None, dim_head):
             raise ValueError(
-                "AttentionLayers: attn_rotary_embed_values=True rotates values as the keys, so it "
-                f"needs attn_value_dim_head == attn_dim_head ({dim_head}), got {value_dim_head}"
+                f"AttentionLayers: {p}attn_rotary_embed_values=True rotates values as the keys, "
+                f"so it needs {p}attn_value_dim_head == {p}attn_dim_head ({dim_head}), got "
+                f"{value_dim_head}"
             )
         if self.dynamic_pos_bias and dim < 4:
             raise ValueError(
-                f"AttentionLayers: dynamic_pos_bias needs dim >= 4 (its MLP is dim // 4 wide), "
+                f"AttentionLayers: {p}dynamic_pos_bias needs dim >= 4 (its MLP is dim // 4 wide), "
                 f"got dim={dim}"
             )
         if self.rel_pos_bias and not causal and self.rel_pos_num_buckets < 4:
             raise ValueError(
-                "AttentionLayers: rel_pos_num_buckets must be >= 4 in a bidirectional stack (each "
-                f"direction gets half), got {self.rel_pos_num_buckets}"
+                f"AttentionLayers: {p}rel_pos_num_buckets must be >= 4 in a bidirectional stack "
+                f"(each direction gets half), got {self.rel_pos_num_buckets}"
             )
         if self.rotary_xpos and not causal:
             raise ValueError(
-                "AttentionLayers: rotary_xpos=True needs a causal stack (Decoder): xPos decays "
+                f"AttentionLayers: {p}rotary_xpos=True needs a causal stack (Decoder): xPos decays "
                 "with distance in one direction only"
             )
         if self.alibi_num_heads is not None and self.alibi_num_heads > heads:
             raise ValueError(
-                f"AttentionLayers: alibi_num_heads must be <= heads={heads}, got "
+                f"AttentionLayers: {p}alibi_num_heads must be <= {p}heads={heads}, got "
                 f"{self.alibi_num_heads}"
             )
         if self.uses_rotary and self.rotary_dim(dim_head) > dim_head:
             raise ValueError(
-                f"AttentionLayers: rotary_emb_dim must be <= attn_dim_head={dim_head}, got "
+                f"AttentionLayers: {p}rotary_emb_dim must be <= {p}attn_dim_head={dim_head}, got "
                 f"{self.rotary_dim(dim_head)}"
             )
         if (
@@ -210,10 +216,11 @@ class PositionConfig:
             and self.rotary_dim(dim_head) <= 2
         ):
             raise ValueError(
-                "AttentionLayers: rotary_base_rescale_factor raises the base to d / (d - 2), so it "
-                f"needs more than 2 rotated features, got rotary_emb_dim={self.rotary_dim(dim_head)}"
+                f"AttentionLayers: {p}rotary_base_rescale_factor raises the base to d / (d - 2), "
+                "so it needs more than 2 rotated features, got "
+                f"{p}rotary_emb_dim={self.rotary_dim(dim_head)}"
             )
         if self.uses_rotary and self.rotary_dim(dim_head) < 2:
             raise ValueError(
-                f"AttentionLayers: rotary_pos_emb needs attn_dim_head >= 2, got {dim_head}"
+                f"AttentionLayers: {p}rotary_pos_emb needs {p}attn_dim_head >= 2, got {dim_head}"
             )

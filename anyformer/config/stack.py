@@ -15,7 +15,7 @@ from .attention import AttentionConfig
 from .feedforward import FeedForwardConfig
 from .later import LATER_ATTENTION, LATER_STACK, raise_if_later
 from .norm import NormConfig
-from .options import build_options, check_fields, option, unknown_keyword
+from .options import build_options, check_fields, current_prefix, option, unknown_keyword
 from .positions import PositionConfig
 from .structure import check_structure, execution_order, layer_types, normalise_sequences
 
@@ -153,20 +153,24 @@ class StackConfig:
 
     def __post_init__(self) -> None:
         normalise_sequences(self)
-        check_fields(self, "AttentionLayers")
+        p = current_prefix()
+        check_fields(self, "AttentionLayers", p)
         for name in ("dim", "depth", "heads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"AttentionLayers: {name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"AttentionLayers: {p}{name} must be >= 1, got {getattr(self, name)}"
+                )
         if self.only_cross and not self.cross_attend:
-            raise ValueError("AttentionLayers: only_cross=True needs cross_attend=True")
+            raise ValueError(f"AttentionLayers: {p}only_cross=True needs {p}cross_attend=True")
         for name, attn, prefix in (
             ("residual_attn", self.attention, "attn_"),
             ("cross_residual_attn", self.cross_attention, "cross_attn_"),
         ):
             if getattr(self, name) and attn.flash:
                 raise ValueError(
-                    f"AttentionLayers: {name}=True must see the attention matrix (explicit path), "
-                    f"but {prefix}flash=True asks for the fused kernel: drop one of the two"
+                    f"AttentionLayers: {p}{name}=True must see the attention matrix (explicit "
+                    f"path), but {p}{prefix}flash=True asks for the fused kernel: drop one of "
+                    "the two"
                 )
         check_structure(self)
         self._check_qk_scale_with_rotary()
@@ -182,14 +186,14 @@ class StackConfig:
     def _check_qk_scale_with_rotary(self) -> None:
         """qk_norm_dim_scale folds the key scale into the queries, which rotary positions do not
         commute with when a key head serves several query heads."""
-        attn = self.attention
+        attn, p = self.attention, current_prefix()
         kv_heads = attn.kv_heads_for(self.heads)
         if attn.qk_norm_dim_scale and kv_heads != self.heads and self.positions.uses_rotary:
-            kv = "attn_one_kv_head=True" if attn.one_kv_head else f"attn_kv_heads={kv_heads}"
+            kv = "one_kv_head=True" if attn.one_kv_head else f"kv_heads={kv_heads}"
             raise ValueError(
-                f"AttentionLayers: attn_qk_norm_dim_scale=True with {kv} (fewer key/value heads "
-                f"than heads={self.heads}) cannot be combined with rotary_pos_emb: the key scale "
-                "is folded into the queries, which rotary does not commute with"
+                f"AttentionLayers: {p}attn_qk_norm_dim_scale=True with {p}attn_{kv} (fewer "
+                f"key/value heads than {p}heads={self.heads}) cannot be combined with "
+                f"{p}rotary_pos_emb: the key scale is folded into the queries, which rotary does not commute with"
             )
 
     @property
@@ -283,8 +287,6 @@ def parse_stack_config(
             prefixed[prefix][key[len(prefix) :]] = value
         elif key in group_of:
             grouped[group_of[key]][key] = value
-        elif key in own and key not in stack_args:
-            stack_level[key] = value
         else:
             raise unknown_keyword(owner, key, _valid_names())
 

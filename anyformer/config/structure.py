@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .options import current_prefix
+
 __all__ = ["check_structure", "default_block", "execution_order", "layer_types", "per_layer"]
 
 _OWNER = "AttentionLayers"
@@ -26,9 +28,10 @@ def _par_layer_types(block: tuple[str, ...], depth: int, par_ratio: int) -> tupl
     of all layers) sit in the first 2/3 of the stack, each followed by feedforwards; the rest
     of the stack is feedforward only."""
     par_depth = depth * len(block)
+    p = current_prefix()
     if not 1 < par_ratio <= par_depth:
         raise ValueError(
-            f"{_OWNER}: par_ratio must be in (1, {par_depth}] (depth * layers per block), "
+            f"{_OWNER}: {p}par_ratio must be in (1, {par_depth}] (depth * layers per block), "
             f"got {par_ratio}"
         )
     attn_block = tuple(t for t in block if t != "f")
@@ -37,7 +40,7 @@ def _par_layer_types(block: tuple[str, ...], depth: int, par_ratio: int) -> tupl
     par_width = (depth_cut + depth_cut // par_attn) // par_attn
     if len(attn_block) > par_width:
         raise ValueError(
-            f"{_OWNER}: par_ratio={par_ratio} leaves {par_width} layers per attention group, "
+            f"{_OWNER}: {p}par_ratio={par_ratio} leaves {par_width} layers per attention group, "
             f"fewer than the {len(attn_block)} attention layers of a block {attn_block}"
         )
     head = (attn_block + ("f",) * (par_width - len(attn_block))) * par_attn
@@ -90,10 +93,12 @@ def normalise_sequences(config: Any) -> None:
 
 def _exclusive(config: Any, first: str, second: str, why: str) -> None:
     if getattr(config, first) not in (None, False) and getattr(config, second) not in (None, False):
-        raise ValueError(f"{_OWNER}: {first} and {second} cannot be combined: {why}")
+        p = current_prefix()
+        raise ValueError(f"{_OWNER}: {p}{first} and {p}{second} cannot be combined: {why}")
 
 
 def _check_orders(config: Any) -> None:
+    p = current_prefix()
     for other in ("custom_layers", "par_ratio", "sandwich_coef", "layers_execute_order"):
         _exclusive(
             config,
@@ -108,21 +113,23 @@ def _check_orders(config: Any) -> None:
         bad = [t for t in config.custom_layers if t not in ("a", "c", "f")]
         if bad or not config.custom_layers:
             raise ValueError(
-                f"{_OWNER}: custom_layers must be a non-empty sequence of 'a', 'c', 'f', "
+                f"{_OWNER}: {p}custom_layers must be a non-empty sequence of 'a', 'c', 'f', "
                 f"got {config.custom_layers!r}"
             )
         if "c" in config.custom_layers and not config.cross_attend:
-            raise ValueError(f"{_OWNER}: custom_layers with 'c' layers needs cross_attend=True")
+            raise ValueError(
+                f"{_OWNER}: {p}custom_layers with 'c' layers needs {p}cross_attend=True"
+            )
     if config.sandwich_coef is not None and not 0 < config.sandwich_coef <= config.depth:
         raise ValueError(
-            f"{_OWNER}: sandwich_coef must be in [1, depth={config.depth}], "
+            f"{_OWNER}: {p}sandwich_coef must be in [1, {p}depth={config.depth}], "
             f"got {config.sandwich_coef}"
         )
     count = len(layer_types(config))
     order = config.layers_execute_order
     if order is not None and (not order or any(not 0 <= i < count for i in order)):
         raise ValueError(
-            f"{_OWNER}: layers_execute_order must be a non-empty sequence of layer indices in "
+            f"{_OWNER}: {p}layers_execute_order must be a non-empty sequence of layer indices in "
             f"[0, {count}), got {order!r}"
         )
 
@@ -132,19 +139,22 @@ def _check_per_layer(config: Any, name: str, low: float, high: float | None) -> 
     count = len(layer_types(config))
     if isinstance(value, tuple) and len(value) != count:
         raise ValueError(
-            f"{_OWNER}: {name} as a tuple needs one value per layer ({count} layers: "
-            f"{''.join(layer_types(config))}), got {len(value)}"
+            f"{_OWNER}: {current_prefix()}{name} as a tuple needs one value per layer ({count} "
+            f"layers: {''.join(layer_types(config))}), got {len(value)}"
         )
     for v in per_layer(value, count):
         if v < low or (high is not None and v >= high):
             span = f"[{low}, {high})" if high is not None else f">= {low}"
-            raise ValueError(f"{_OWNER}: {name} values must be {span}, got {value!r}")
+            raise ValueError(
+                f"{_OWNER}: {current_prefix()}{name} values must be {span}, got {value!r}"
+            )
 
 
 def _check_residuals(config: Any) -> None:
+    p = current_prefix()
     if config.sandwich_norm and not config.pre_norm:
         raise ValueError(
-            f"{_OWNER}: sandwich_norm=True needs pre_norm=True (the sandwich norm is the "
+            f"{_OWNER}: {p}sandwich_norm=True needs {p}pre_norm=True (the sandwich norm is the "
             "pre-norm block's extra norm on the branch output)"
         )
     _exclusive(
@@ -152,27 +162,29 @@ def _check_residuals(config: Any) -> None:
     )
     if not 0 < config.resi_dual_scale <= 1:
         raise ValueError(
-            f"{_OWNER}: resi_dual_scale must be in (0, 1], got {config.resi_dual_scale}"
+            f"{_OWNER}: {p}resi_dual_scale must be in (0, 1], got {config.resi_dual_scale}"
         )
     if config.resi_dual and not config.pre_norm_has_final_norm:
         raise ValueError(
-            f"{_OWNER}: resi_dual=True needs its final norm (of the pre-norm stream); "
-            "pre_norm_has_final_norm=False cannot be combined with it"
+            f"{_OWNER}: {p}resi_dual=True needs its final norm (of the pre-norm stream); "
+            f"{p}pre_norm_has_final_norm=False cannot be combined with it"
         )
     if config.gate_residual and config.scale_residual_constant != 1:
         raise ValueError(
-            f"{_OWNER}: gate_residual=True and scale_residual_constant="
+            f"{_OWNER}: {p}gate_residual=True and {p}scale_residual_constant="
             f"{config.scale_residual_constant} cannot be combined: the GRU gate replaces the "
             "sum the constant would scale (x-transformers ignores the constant there)"
         )
     if not config.scale_residual_constant > 0:
         raise ValueError(
-            f"{_OWNER}: scale_residual_constant must be > 0, got {config.scale_residual_constant}"
+            f"{_OWNER}: {p}scale_residual_constant must be > 0, got "
+            f"{config.scale_residual_constant}"
         )
 
 
 def check_structure(config: Any) -> None:
     """Validate the structure options of a StackConfig (errors name the keywords)."""
+    p = current_prefix()
     _check_orders(config)
     _check_residuals(config)
     _check_per_layer(config, "shift_tokens", 0, None)
@@ -180,12 +192,12 @@ def check_structure(config: Any) -> None:
     groups = widest + 1 if config.causal else 2 * widest + 1
     if widest and groups > config.dim:
         raise ValueError(
-            f"{_OWNER}: shift_tokens={widest} splits each input into {groups} channel groups, "
+            f"{_OWNER}: {p}shift_tokens={widest} splits each input into {groups} channel groups, "
             f"more than dim={config.dim} channels"
         )
     _check_per_layer(config, "layer_dropout", 0.0, 1.0)
     if not 0.0 <= config.cross_attn_tokens_dropout < 1.0:
         raise ValueError(
-            f"{_OWNER}: cross_attn_tokens_dropout must be in [0, 1), "
+            f"{_OWNER}: {p}cross_attn_tokens_dropout must be in [0, 1), "
             f"got {config.cross_attn_tokens_dropout}"
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from .later import LATER_WRAPPER
 from .memory import MemoryOptions
-from .options import check_fields, option
+from .options import check_fields, current_prefix, option
 
-__all__ = ["WrapperConfig"]
+__all__ = ["WrapperConfig", "split_keywords", "wrapper_keywords"]
 
 
 @dataclass(frozen=True)
@@ -53,40 +56,60 @@ class WrapperConfig(MemoryOptions):
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "TransformerWrapper")
+        p = current_prefix()
+        check_fields(self, "TransformerWrapper", p)
         self.check_memory("TransformerWrapper")
         if self.num_tokens is None or self.num_tokens < 1:
             raise ValueError(
-                f"TransformerWrapper: num_tokens must be an int >= 1, got {self.num_tokens!r}"
+                f"TransformerWrapper: {p}num_tokens must be an int >= 1, got {self.num_tokens!r}"
             )
         if self.max_seq_len is None or self.max_seq_len < 0:
             raise ValueError(
-                f"TransformerWrapper: max_seq_len must be an int >= 0, got {self.max_seq_len!r}"
+                f"TransformerWrapper: {p}max_seq_len must be an int >= 0, got {self.max_seq_len!r}"
             )
         for name in ("emb_dim", "logits_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"TransformerWrapper: {name} must be >= 1, got {value}")
+                raise ValueError(f"TransformerWrapper: {p}{name} must be >= 1, got {value}")
         if not self.post_emb_norm_eps > 0:
             raise ValueError(
-                f"TransformerWrapper: post_emb_norm_eps must be > 0, got {self.post_emb_norm_eps}"
+                f"TransformerWrapper: {p}post_emb_norm_eps must be > 0, got "
+                f"{self.post_emb_norm_eps}"
             )
         if not 0.0 <= self.emb_dropout < 1.0:
             raise ValueError(
-                f"TransformerWrapper: emb_dropout must be in [0, 1), got {self.emb_dropout}"
+                f"TransformerWrapper: {p}emb_dropout must be in [0, 1), got {self.emb_dropout}"
             )
         if not 0.0 < self.emb_frac_gradient <= 1.0:
             raise ValueError(
-                "TransformerWrapper: emb_frac_gradient must be in (0, 1], "
+                f"TransformerWrapper: {p}emb_frac_gradient must be in (0, 1], "
                 f"got {self.emb_frac_gradient}"
             )
         for name, size in self.embed_num_tokens.items():
             if not isinstance(name, str) or not isinstance(size, int) or size < 1:
                 raise ValueError(
-                    "TransformerWrapper: embed_num_tokens must map names (str) to vocabulary "
+                    f"TransformerWrapper: {p}embed_num_tokens must map names (str) to vocabulary "
                     f"sizes (int >= 1), got {name!r}: {size!r}"
                 )
 
     @property
     def has_abs_pos_emb(self) -> bool:
         return self.max_seq_len > 0 and self.use_abs_pos_emb
+
+
+def wrapper_keywords() -> tuple[str, ...]:
+    """The keywords of TransformerWrapper's own options (known-but-later ones included)."""
+    return (*WrapperConfig.__dataclass_fields__, *LATER_WRAPPER)
+
+
+def split_keywords(
+    keywords: Mapping[str, Any], wrapper_names: Collection[str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wrapper and stack keywords written side by side -> (the wrapper's, the stack's).
+
+    A name among ``wrapper_names`` (default: :func:`wrapper_keywords`) goes to the wrapper,
+    every other one to the stack, whose parser checks it.
+    """
+    names = set(wrapper_keywords() if wrapper_names is None else wrapper_names)
+    wrapper = {k: v for k, v in keywords.items() if k in names}
+    return wrapper, {k: v for k, v in keywords.items() if k not in names}

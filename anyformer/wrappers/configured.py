@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from torch import nn
 
@@ -19,6 +19,8 @@ class StackedModel:
     ``self.attn_layers``, built by ``self._setup(config, attn_layers)``."""
 
     config_class: ClassVar[type]
+    config: Any
+    attn_layers: AttentionLayers
     _resets_tree = True
 
     @classmethod
@@ -31,7 +33,7 @@ class StackedModel:
         if "attn_layers" not in data:
             raise ValueError(f"{cls.__name__}.from_config: the configuration has no 'attn_layers'")
         attn_layers = AttentionLayers.from_config(data.pop("attn_layers"))
-        model = cls.__new__(cls)
+        model: Any = cls.__new__(cls)
         nn.Module.__init__(model)
         model._setup(from_dict(cls.config_class, data), attn_layers)
         return model
@@ -46,4 +48,4 @@ class StackedModel:
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter (e.g. after building on the meta device)."""
-        reset_module_tree(self)
+        reset_module_tree(cast(nn.Module, self))

@@ -11,13 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..checks import check_float_input, check_mask, check_non_empty
+from ..checks import check_float_input, check_non_empty
 from ..config.continuous import ContinuousConfig
 from ..config.options import build_options
 from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
 from ..nn.norms import LayerNorm
-from ..serialization import register_model_class
 from ..stack.layers import AttentionLayers
 from .core import StackWrapper
 
@@ -26,7 +25,7 @@ __all__ = ["ContinuousTransformerWrapper"]
 _OWNER = "ContinuousTransformerWrapper"
 
 
-class ContinuousTransformerWrapper(StackWrapper):
+class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
     """x (b, n, dim_in) -> (b, n, dim_out): project in, [+ positions], the stack, project out."""
 
     config_class = ContinuousConfig
@@ -159,12 +158,7 @@ class ContinuousTransformerWrapper(StackWrapper):
         check_float_input("x", x, 3, self.dim_in, "of shape (batch, seq_len, dim_in)")
         check_non_empty("x", x, "batch >= 1, seq_len >= 1")
         b, n = x.shape[:2]
-        if cache is not None and offset >= n:
-            raise ValueError(
-                f"x has {n} positions but the cache already holds {offset}: pass the whole "
-                "sequence including new ones, or input_not_include_cache=True with only new ones"
-            )
-        check_mask("mask", mask, (b, n), "batch, seq_len")
+        self._check_positions(b, n, mask, pos, cache, offset)
         if lens is not None:
             if mask is not None:
                 raise ValueError("pass either mask or lens, not both")
@@ -178,27 +172,4 @@ class ContinuousTransformerWrapper(StackWrapper):
                     f"{tuple(lens.shape) if isinstance(lens, Tensor) else type(lens).__name__}"
                 )
             mask = torch.arange(n, device=x.device) < lens.to(x.device)[:, None]
-        if pos is not None and (
-            not isinstance(pos, Tensor)
-            or pos.dtype != torch.long
-            or pos.shape[-1] != n
-            or pos.ndim not in (1, 2)
-        ):
-            raise ValueError(
-                f"pos must be a torch.long tensor of shape ({n},) or ({b}, {n}), got "
-                f"{tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}"
-            )
-        start = offset if cache is None else self._token_offset(cache)
-        if (
-            self.max_positions is not None
-            and pos is None
-            and start + n - offset > self.max_positions
-        ):
-            raise ValueError(
-                f"sequence length {start + n - offset} exceeds max_seq_len={self.max_positions} "
-                "of the absolute positional embedding"
-            )
         return mask
-
-
-register_model_class(ContinuousTransformerWrapper)  # save_pretrained / load_pretrained folders

@@ -3,13 +3,14 @@ and their output head.
 
 Prepended embeddings, memory tokens (in front, or again every N positions), Transformer-XL
 memories (``mems`` in, ``return_mems`` out, ``shift_mem_down``), the call of the attention
-stack with or without a KV cache, and the x-transformers return conventions. Subclasses embed
-their input, then call ``_prepare`` / ``_run_stack`` / ``_result``.
+stack with or without a KV cache, the input checks both make (``_check_positions``) and the
+x-transformers return conventions. Subclasses check and embed their input, then call
+``_prepend`` / ``_run_stack`` / ``_result``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +18,13 @@ from torch import Tensor, nn
 from ..cache import KVCache
 from ..checks import check_float_input, check_mask
 from ..config.memory import MemoryOptions
+from ..config.options import current_prefix
 from ..intermediates import LayerIntermediates
 from ..serialization import PretrainedMixin
 from ..stack.layers import AttentionLayers
 from .configured import StackedModel
 
-__all__ = ["StackWrapper", "memory_layout"]
+__all__ = ["StackWrapper", "check_positions", "memory_layout"]
 
 
 def memory_layout(
@@ -41,6 +43,28 @@ def memory_layout(
     return own, memory
 
 
+def check_positions(pos: Tensor, b: int, n: int, max_positions: int | None) -> None:
+    """``pos``: a torch.long tensor (n,) or (b, n); with a learned position table of
+    ``max_positions`` rows, every position in [0, max_positions)."""
+    if (
+        not isinstance(pos, Tensor)
+        or pos.dtype != torch.long
+        or pos.ndim not in (1, 2)
+        or pos.shape[-1] != n
+    ):
+        got = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+        raise ValueError(
+            f"pos must be a torch.long tensor of shape ({n},) or ({b}, {n}), got {got}"
+        )
+    if max_positions is not None and pos.numel() and not torch.compiler.is_compiling():
+        lo, hi = (int(v) for v in torch.aminmax(pos))
+        if lo < 0 or hi >= max_positions:
+            raise ValueError(
+                f"pos holds position {lo if lo < 0 else hi}, outside [0, {max_positions}) of "
+                "the absolute positional embedding (max_seq_len)"
+            )
+
+
 class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
     """Base of the wrappers around an AttentionLayers stack (see the module docstring).
 
@@ -48,13 +72,15 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
     """
 
     attn_layers: AttentionLayers
+    max_positions: int | None
 
     def _setup_memory(self, options: MemoryOptions, attn_layers: AttentionLayers) -> None:
         owner = type(self).__name__
         if options.memory_tokens_interspersed_every is not None and not attn_layers.causal:
             raise ValueError(
-                f"{owner}: memory_tokens_interspersed_every needs a causal stack (Decoder): "
-                "the memory blocks of later positions would be visible to earlier ones"
+                f"{owner}: {current_prefix()}memory_tokens_interspersed_every needs a causal "
+                "stack (Decoder): the memory blocks of later positions would be visible to "
+                "earlier ones"
             )
         self.max_mem_len = options.max_mem_len
         self.shift_mem_down = options.shift_mem_down
@@ -136,6 +162,39 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
             return pos + cache.num_prepended
         return pos
 
+    def _check_positions(
+        self,
+        b: int,
+        n: int,
+        mask: Tensor | None,
+        pos: Tensor | None,
+        cache: KVCache | None,
+        offset: int,
+    ) -> None:
+        """The checks both wrappers make of an input of b rows and n positions: against the
+        cache (``offset``: the positions x leaves out, 0 when x holds the whole sequence), the
+        mask, the absolute positions' length, and ``pos`` (shape, and its range where a learned
+        position table bounds it)."""
+        if cache is not None and offset >= n:
+            raise ValueError(
+                f"x has {n} positions but the cache already holds {offset}: pass the whole "
+                "sequence including new ones, or input_not_include_cache=True with only new ones"
+            )
+        check_mask("mask", mask, (b, n), "batch, seq_len")
+        start = offset if cache is None else self._token_offset(cache)
+        if (
+            self.max_positions is not None
+            and pos is None
+            and start + n - offset > self.max_positions
+        ):
+            raise ValueError(
+                f"sequence length {start + n - offset} exceeds max_seq_len={self.max_positions} "
+                "of the absolute positional embedding (use a longer max_seq_len, or "
+                "use_abs_pos_emb=False with relative positions)"
+            )
+        if pos is not None:
+            check_positions(pos, b, n, self.max_positions)
+
     def _check_prepend(
         self,
         prepend_embeds: Tensor | None,
@@ -193,7 +252,8 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
         total = n + memory.shape[0]
         out = h.new_empty(b, total, h.shape[-1])
         out[:, own] = h
-        out[:, memory] = self.memory_tokens.to(h.dtype).repeat(memory.shape[0] // m, 1)
+        tokens = cast(nn.Parameter, self.memory_tokens)  # set: the caller checked
+        out[:, memory] = tokens.to(h.dtype).repeat(memory.shape[0] // m, 1)
         if mask is not None:
             full = torch.ones(b, total, dtype=torch.bool, device=h.device)
             full[:, own] = mask
@@ -284,6 +344,8 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
     ) -> Any:
         """x-transformers' return conventions: (out, mems), (out, intermediates) or
         (out, attention maps)."""
+        if inter is None:  # the stack was asked for none of them
+            return result
         if return_mems:
             new_mems = self._new_mems(inter, mems)
             if not return_intermediates:

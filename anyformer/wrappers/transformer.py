@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..cache import KVCache
-from ..checks import as_token_ids, check_float_input, check_mask, check_token_ids
+from ..checks import as_token_ids, check_float_input, check_token_ids
 from ..config.later import LATER_FORWARD, LATER_WRAPPER
-from ..config.options import build_options, unknown_keyword
-from ..config.wrapper import WrapperConfig
+from ..config.options import build_options, current_prefix, keyword_names, unknown_keyword
+from ..config.wrapper import WrapperConfig, wrapper_keywords
 from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding, TokenEmbedding
 from ..nn.norms import LayerNorm
@@ -23,12 +22,13 @@ from .core import StackWrapper
 
 __all__ = ["TransformerWrapper"]
 
-_WRAPPER_FIELDS = tuple(WrapperConfig.__dataclass_fields__)
+#: Stack forward keywords that TransformerWrapper.forward passes itself (from its own).
+_GIVEN_TO_STACK = ("x", "return_hiddens", "cache", "mask", "return_attn", "pos", "seq_start_pos")
 
 
 def parse_wrapper_config(owner: str, kwargs: dict[str, Any]) -> WrapperConfig:
     """Check wrapper keyword names (later-milestone ones raise) and build the WrapperConfig."""
-    valid = [*_WRAPPER_FIELDS, "attn_layers", *LATER_WRAPPER]
+    valid = [*wrapper_keywords(), "attn_layers"]
     return build_options(WrapperConfig, owner, kwargs, later=LATER_WRAPPER, valid=valid)
 
 
@@ -41,7 +41,7 @@ def _slice_new(value: Any, offset: int) -> Any:
     return value[:, offset:]
 
 
-class TransformerWrapper(StackWrapper):
+class TransformerWrapper(StackWrapper, folder_model=True):
     """A token model: embeddings, the attention stack and a logits head (x-transformers API)."""
 
     config_class = WrapperConfig
@@ -67,10 +67,11 @@ class TransformerWrapper(StackWrapper):
         emb_dim = config.emb_dim or dim
         logits_dim = config.logits_dim or config.num_tokens
         if config.tie_embedding and (emb_dim != dim or logits_dim != config.num_tokens):
+            p = current_prefix()
             raise ValueError(
-                "TransformerWrapper: tie_embedding=True needs emb_dim == dim and logits_dim == "
-                f"num_tokens, got emb_dim={emb_dim}, dim={dim}, logits_dim={logits_dim}, "
-                f"num_tokens={config.num_tokens}"
+                f"TransformerWrapper: {p}tie_embedding=True needs {p}emb_dim == dim and "
+                f"{p}logits_dim == {p}num_tokens, got {p}emb_dim={emb_dim}, dim={dim}, "
+                f"{p}logits_dim={logits_dim}, {p}num_tokens={config.num_tokens}"
             )
         self.num_tokens = config.num_tokens
         self.max_seq_len = config.max_seq_len
@@ -162,66 +163,16 @@ class TransformerWrapper(StackWrapper):
             cache = cache.cache
         if kwargs:
             self._check_forward_kwargs(kwargs)
-        x = as_token_ids("x", x, check_inputs)
-        if embed_ids:
-            embed_ids = {k: as_token_ids(f"embed_ids[{k!r}]", v) for k, v in embed_ids.items()}
         offset = self._token_offset(cache)
-        if seq_start_pos is not None and prepend_embeds is not None:
-            raise ValueError(
-                "seq_start_pos (left padding) cannot be combined with prepend_embeds: pad the "
-                "token rows on the right and pass mask instead"
-            )
-        if seq_start_pos is not None and check_inputs:
-            width = x.shape[1] + (offset if input_not_include_cache else 0)
-            check_seq_start_pos(seq_start_pos, x.shape[0], width)
-        if check_inputs:
-            self._check_inputs(
-                x,
-                mask,
-                pos,
-                prepend_embeds,
-                prepend_mask,
-                embed_ids,
-                sum_embeds,
-                cache,
-                0 if input_not_include_cache else offset,
-            )
-        if cache is not None and not input_not_include_cache:
-            x, mask, embed_ids, sum_embeds = (
-                _slice_new(v, offset) for v in (x, mask, embed_ids, sum_embeds)
-            )
-            if pos is not None and pos.ndim == 2:
-                pos = pos[:, offset:]
-            elif pos is not None:
-                pos = pos[offset:]
+        x, mask, pos, embed_ids, sum_embeds = self._prepare(
+            x, mask, pos, embed_ids, sum_embeds, prepend_embeds, prepend_mask, cache, offset,
+            input_not_include_cache, seq_start_pos, check_inputs,
+        )  # fmt: skip
         self._check_return_mems(return_mems, cache)
-        n = x.shape[1]
-        h = self.token_emb(x)
-        stack_pos = pos
-        if self.pos_emb is not None:
-            if pos is None:
-                pos = torch.arange(offset, offset + n, device=x.device)
-            first = seq_start_pos
-            if first is None and cache is not None:
-                first = cache.seq_start_pos
-            if first is not None:  # left padding: count from each row's first token
-                pos = (pos - first.view(-1, 1)).clamp(min=0)
-            h = h + self.pos_emb(pos)
-        if self.embeds is not None and embed_ids:
-            for name, ids in embed_ids.items():
-                h = h + self.embeds[f"{name}_embed"](ids)
-        if sum_embeds is not None:
-            h = h + sum_embeds
-        h = self.post_emb_norm(h)
-        if prepend_embeds is not None:
-            h, mask = self._prepend(h, mask, prepend_embeds, prepend_mask, cache)
-        if stack_pos is not None:
-            stack_pos = self._stack_positions(stack_pos, prepend_embeds, cache)
-        if self.config.emb_frac_gradient < 1:
-            frac = self.config.emb_frac_gradient
-            h = h * frac + h.detach() * (1 - frac)
-        h = self.project_emb(self.emb_dropout(h))
-
+        h, mask, stack_pos = self._embed(
+            x, mask, pos, offset, embed_ids, sum_embeds, prepend_embeds, prepend_mask, cache,
+            seq_start_pos,
+        )  # fmt: skip
         h, inter = self._run_stack(
             h,
             mask=mask,
@@ -234,19 +185,9 @@ class TransformerWrapper(StackWrapper):
             seq_start_pos=seq_start_pos,
             **kwargs,
         )
-
-        if return_logits_and_embeddings:
-            result: Any = (self.to_logits(h), h)
-        elif return_embeddings:
-            result = h
-        else:
-            result = self.to_logits(h)
+        result = self._head(h, return_embeddings, return_logits_and_embeddings)
         if return_attn_z_loss:
-            weight = attn_z_loss_weight
-            if weight is None:
-                weight = self.config.attn_z_loss_weight
-            logits = [i.pre_softmax_attn for i in inter.attn_intermediates]
-            inter.attn_z_loss = attention_z_loss(logits, weight)
+            self._add_attn_z_loss(inter, attn_z_loss_weight)
             return_intermediates = True  # as x-transformers: the loss comes in the intermediates
         return self._result(
             result,
@@ -257,16 +198,130 @@ class TransformerWrapper(StackWrapper):
             return_attn=return_attn,
         )
 
+    def _prepare(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        pos: Tensor | None,
+        embed_ids: dict[str, Tensor] | None,
+        sum_embeds: Tensor | None,
+        prepend_embeds: Tensor | None,
+        prepend_mask: Tensor | None,
+        cache: KVCache | None,
+        offset: int,
+        input_not_include_cache: bool,
+        seq_start_pos: Tensor | None,
+        check_inputs: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor] | None, Tensor | None]:
+        """Step 1: check the inputs (``check_inputs=False`` keeps only the free combination
+        check of seq_start_pos) and, with a cache, keep the positions it does not hold."""
+        x = as_token_ids("x", x, check_inputs)
+        if embed_ids:
+            embed_ids = {k: as_token_ids(f"embed_ids[{k!r}]", v) for k, v in embed_ids.items()}
+        if seq_start_pos is not None and prepend_embeds is not None:
+            raise ValueError(
+                "seq_start_pos (left padding) cannot be combined with prepend_embeds: pad the "
+                "token rows on the right and pass mask instead"
+            )
+        if seq_start_pos is not None and check_inputs:
+            width = x.shape[1] + (offset if input_not_include_cache else 0)
+            check_seq_start_pos(seq_start_pos, x.shape[0], width)
+        if check_inputs:
+            new = 0 if input_not_include_cache else offset
+            self._check_inputs(
+                x, mask, pos, prepend_embeds, prepend_mask, embed_ids, sum_embeds, cache, new
+            )
+        if cache is None or input_not_include_cache:
+            return x, mask, pos, embed_ids, sum_embeds
+        x, mask, embed_ids, sum_embeds = (
+            _slice_new(v, offset) for v in (x, mask, embed_ids, sum_embeds)
+        )
+        return x, mask, None if pos is None else pos[..., offset:], embed_ids, sum_embeds
+
+    def _embed(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        pos: Tensor | None,
+        offset: int,
+        embed_ids: dict[str, Tensor] | None,
+        sum_embeds: Tensor | None,
+        prepend_embeds: Tensor | None,
+        prepend_mask: Tensor | None,
+        cache: KVCache | None,
+        seq_start_pos: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Step 2: token ids (the new ones) -> the stack's input (b, [p +] n, dim), its mask and
+        the stack's positions (None: the stack counts them)."""
+        h = self.token_emb(x)
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(self._embedding_positions(x, pos, offset, cache, seq_start_pos))
+        if self.embeds is not None and embed_ids:
+            for name, ids in embed_ids.items():
+                h = h + self.embeds[f"{name}_embed"](ids)
+        if sum_embeds is not None:
+            h = h + sum_embeds
+        h = self.post_emb_norm(h)
+        if prepend_embeds is not None:
+            h, mask = self._prepend(h, mask, prepend_embeds, prepend_mask, cache)
+        stack_pos = None
+        if pos is not None:
+            stack_pos = self._stack_positions(pos, prepend_embeds, cache)
+        if self.config.emb_frac_gradient < 1:
+            frac = self.config.emb_frac_gradient
+            h = h * frac + h.detach() * (1 - frac)
+        return self.project_emb(self.emb_dropout(h)), mask, stack_pos
+
+    @staticmethod
+    def _embedding_positions(
+        x: Tensor,
+        pos: Tensor | None,
+        offset: int,
+        cache: KVCache | None,
+        seq_start_pos: Tensor | None,
+    ) -> Tensor:
+        """The absolute positions of the new tokens: ``pos``, else offset..offset+n-1; left-padded
+        rows count from their first token."""
+        if pos is None:
+            pos = torch.arange(offset, offset + x.shape[1], device=x.device)
+        first = seq_start_pos
+        if first is None and cache is not None:
+            first = cache.seq_start_pos
+        if first is not None:  # left padding: count from each row's first token
+            pos = (pos - first.view(-1, 1)).clamp(min=0)
+        return pos
+
+    def _head(
+        self, h: Tensor, return_embeddings: bool, return_logits_and_embeddings: bool
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Step 3: the stack's output -> logits, embeddings or both."""
+        if return_logits_and_embeddings:
+            return self.to_logits(h), h
+        if return_embeddings:
+            return h
+        return self.to_logits(h)
+
+    def _add_attn_z_loss(self, inter: LayerIntermediates | None, weight: float | None) -> None:
+        """Put the attention z-loss of every layer's pre-softmax logits into the intermediates."""
+        inter = cast(LayerIntermediates, inter)  # return_attn_z_loss asked the stack for them
+        if weight is None:
+            weight = self.config.attn_z_loss_weight
+        logits = cast(list[Tensor], [i.pre_softmax_attn for i in inter.attn_intermediates])
+        inter.attn_z_loss = attention_z_loss(logits, weight)
+
     def _check_forward_kwargs(self, kwargs: dict[str, Any]) -> None:
-        """Keywords the stack takes pass; others raise, suggesting from this forward's and the
-        stack's keywords."""
-        stack_params = inspect.signature(self.attn_layers.forward).parameters
-        takes = {n for n, p in stack_params.items() if p.kind is p.KEYWORD_ONLY or n != "x"}
-        takes -= {"args", "kwargs", "return_hiddens", "cache", "mask", "return_attn", "pos"}
-        takes -= {"seq_start_pos"}  # a keyword of this forward
+        """Keywords the stack's forward takes pass (those this forward hands it itself
+        excepted); others raise, suggesting from this forward's and the stack's keywords."""
+        mro = type(self.attn_layers).__mro__
+        forwards = [
+            c.forward for c in mro if issubclass(c, AttentionLayers) and "forward" in vars(c)
+        ]
+        takes = keyword_names(
+            *forwards, skip=_GIVEN_TO_STACK
+        )  # e.g. PrefixDecoder's and its base's
         for name in kwargs:
             if name not in takes and name not in LATER_FORWARD:
-                own = [n for n in inspect.signature(self.forward).parameters if n != "kwargs"]
+                own = keyword_names(self.forward)
                 raise unknown_keyword(f"{type(self).__name__}.forward", name, [*own, *takes])
 
     def _check_inputs(
@@ -284,39 +339,7 @@ class TransformerWrapper(StackWrapper):
         sync = self._sync_id_check(x)
         check_token_ids("x", x, self.num_tokens, sync=sync)
         b, n = x.shape
-        if cache is not None and offset >= n:
-            raise ValueError(
-                f"x has {n} positions but the cache already holds {offset}: pass the whole "
-                "sequence including new tokens, or input_not_include_cache=True with only new ones"
-            )
-        check_mask("mask", mask, (b, n), "batch, seq_len")
-        start = offset if cache is None else self._token_offset(cache)
-        if self.max_positions is not None and pos is None:
-            total = start + n - offset
-            if total > self.max_positions:
-                raise ValueError(
-                    f"sequence length {total} exceeds max_seq_len={self.max_positions} of the "
-                    "absolute positional embedding (use a longer max_seq_len, or "
-                    "use_abs_pos_emb=False with relative positions)"
-                )
-        if pos is not None:
-            if (
-                not isinstance(pos, Tensor)
-                or pos.dtype != torch.long
-                or pos.shape[-1] != n
-                or pos.ndim not in (1, 2)
-            ):
-                raise ValueError(
-                    f"pos must be a torch.long tensor of shape ({n},) or ({b}, {n}), got "
-                    f"{tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}"
-                )
-            if self.max_positions is not None and pos.numel() and not torch.compiler.is_compiling():
-                lo, hi = (int(v) for v in torch.aminmax(pos))
-                if lo < 0 or hi >= self.max_positions:
-                    raise ValueError(
-                        f"pos holds position {lo if lo < 0 else hi}, outside [0, "
-                        f"{self.max_positions}) of the absolute positional embedding (max_seq_len)"
-                    )
+        self._check_positions(b, n, mask, pos, cache, offset)
         self._check_prepend(prepend_embeds, prepend_mask, b, self.emb_dim, cache)
         check_float_input(
             "sum_embeds", sum_embeds, 3, self.emb_dim, "of shape (batch, seq_len, emb_dim)"

@@ -14,7 +14,7 @@ from .configured import StackedModel
 __all__ = ["ViTransformerWrapper"]
 
 
-class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module):
+class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_model=True):
     """Vision transformer (SimpleViT https://arxiv.org/abs/2205.01580, dual patch norm
     https://arxiv.org/abs/2302.01327, register tokens https://arxiv.org/abs/2309.16588)."""
 

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..checks import check_non_empty
-from ..config.later import LATER_WRAPPER
-from ..config.options import from_dict, suggest, to_dict
+from ..config.options import from_dict, keyword_side, suggest, to_dict, unknown_keyword
 from ..config.stack import stack_keyword_names
 from ..config.vit import XTransformerConfig
+from ..config.wrapper import split_keywords, wrapper_keywords
 from ..generation.autoregressive import AutoregressiveWrapper
 from ..nn.init import reset_module_tree
 from ..nn.token_dropout import drop_tokens
 from ..serialization import PretrainedMixin
 from ..stack.layers import Decoder, Encoder
-from .transformer import _WRAPPER_FIELDS, TransformerWrapper
+from .transformer import TransformerWrapper
 
 __all__ = ["XTransformer"]
 
+_WRAPPER_NAMES = set(wrapper_keywords())
 _STACK_NAMES = set(stack_keyword_names()) | {
     "depth",
     "heads",
@@ -41,44 +40,47 @@ _NOT_ROUTED = {
 
 
 def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split one side's keywords between its TransformerWrapper and its stack."""
-    wrapper, stack = {}, {}
-    for name, value in kwargs.items():
-        full = f"{side}_{name}"
+    """Split one side's keywords (without their ``side`` prefix) between its TransformerWrapper
+    and its stack; a name neither takes raises, named as the user wrote it."""
+    for name in kwargs:
+        full = f"{side}{name}"
         if name in _NOT_ROUTED:
             raise TypeError(f"XTransformer: keyword {full!r} is not accepted: {_NOT_ROUTED[name]}")
-        if name in _WRAPPER_FIELDS or name in LATER_WRAPPER:
-            wrapper[name] = value
-        elif name in _STACK_NAMES:
-            stack[name] = value
-        else:
-            valid = [f"{side}_{n}" for n in (*_WRAPPER_FIELDS, *_STACK_NAMES)]
-            raise TypeError(
-                f"XTransformer got an unexpected keyword argument {full!r}.{suggest(full, valid)}"
-            )
+        if name not in _WRAPPER_NAMES and name not in _STACK_NAMES:
+            valid = [f"{side}{n}" for n in (*_WRAPPER_NAMES, *_STACK_NAMES)]
+            raise unknown_keyword("XTransformer", full, valid)
+    wrapper, stack = split_keywords(kwargs, _WRAPPER_NAMES)
     for required in ("num_tokens", "max_seq_len"):
         if required not in wrapper:
-            raise TypeError(f"XTransformer: missing required keyword {side + '_' + required!r}")
+            raise TypeError(f"XTransformer: missing required keyword {side + required!r}")
     return wrapper, stack
 
 
-@contextmanager
-def _naming_side(side: str, kwargs: dict[str, Any]) -> Iterator[None]:
-    """Re-raise a side's ValueError / TypeError with its keywords as the user wrote them
-    (``rotary_xpos_scale_base`` -> ``dec_rotary_xpos_scale_base``)."""
-    try:
-        yield
-    except (ValueError, TypeError) as e:
-        known = {*_WRAPPER_FIELDS, *_STACK_NAMES} - {"dim"}  # dim is XTransformer's own
-        names = {n for n in known if "_" in n} | (set(kwargs) - {"dim"})
-        pattern = r"(?<![\w.])(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True))
-        message = re.sub(pattern + r")(?!\w)", rf"{side}_\1", str(e))
-        if message == str(e) or type(e) not in (ValueError, TypeError):
-            raise
-        raise type(e)(f"XTransformer ({side}_ side): {message}") from e
+def _decoding(name: str, doc: str) -> Callable[..., Any]:
+    """An XTransformer method that encodes ``seq_in`` once, then runs the decoder's ``name``
+    (``generate`` / ``beam_search``) from ``seq_out_start``, cross-attending to the encoding."""
+
+    @torch.no_grad()
+    def method(
+        self: XTransformer,
+        seq_in: Tensor,
+        seq_out_start: Tensor,
+        seq_len: int,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        src_prepend_embeds: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        enc, mask = self.encode(seq_in, mask, attn_mask, src_prepend_embeds)
+        run = getattr(self.decoder, name)
+        return run(seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
 
 
-class XTransformer(PretrainedMixin, nn.Module):
+class XTransformer(PretrainedMixin, nn.Module, folder_model=True):
     """Encoder-decoder transformer; ``enc_*`` / ``dec_*`` keywords go to each side."""
 
     def __init__(
@@ -108,13 +110,13 @@ class XTransformer(PretrainedMixin, nn.Module):
             pad_value=pad_value,
             cross_attn_tokens_dropout=cross_attn_tokens_dropout,
         )
-        enc_wrapper, enc_stack = _route("enc", enc_kwargs)
-        dec_wrapper, dec_stack = _route("dec", dec_kwargs)
-        with _naming_side("enc", enc_kwargs):
+        enc_wrapper, enc_stack = _route("enc_", enc_kwargs)
+        dec_wrapper, dec_stack = _route("dec_", dec_kwargs)
+        with keyword_side("enc_"):  # errors name the keywords as written: enc_rotary_xpos
             encoder = TransformerWrapper(
                 **enc_wrapper, return_only_embed=True, attn_layers=Encoder(dim=dim, **enc_stack)
             )
-        with _naming_side("dec", dec_kwargs):
+        with keyword_side("dec_"):
             decoder = TransformerWrapper(
                 **dec_wrapper, attn_layers=Decoder(dim=dim, cross_attend=True, **dec_stack)
             )
@@ -164,7 +166,7 @@ class XTransformer(PretrainedMixin, nn.Module):
             "class": type(self).__name__,
             **to_dict(self.config),
             "encoder": self.encoder.config_dict(),
-            "decoder": self.decoder.net.config_dict(),
+            "decoder": cast(TransformerWrapper, self.decoder.net).config_dict(),
         }
 
     def encode(
@@ -197,36 +199,10 @@ class XTransformer(PretrainedMixin, nn.Module):
             enc, mask = drop_tokens(enc, mask, self.cross_attn_tokens_dropout)
         return self.decoder(tgt, context=enc, context_mask=mask)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        seq_in: Tensor,
-        seq_out_start: Tensor,
-        seq_len: int,
-        mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        src_prepend_embeds: Tensor | None = None,
-        **kwargs: Any,
-    ) -> Tensor:
-        """Encode seq_in once, then generate seq_len tokens after seq_out_start (cached)."""
-        enc, mask = self.encode(seq_in, mask, attn_mask, src_prepend_embeds)
-        return self.decoder.generate(
-            seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs
-        )
-
-    @torch.no_grad()
-    def beam_search(
-        self,
-        seq_in: Tensor,
-        seq_out_start: Tensor,
-        seq_len: int,
-        mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        src_prepend_embeds: Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Encode seq_in once, then beam-search seq_len tokens (AutoregressiveWrapper.beam_search)."""
-        enc, mask = self.encode(seq_in, mask, attn_mask, src_prepend_embeds)
-        return self.decoder.beam_search(
-            seq_out_start, seq_len, context=enc, context_mask=mask, **kwargs
-        )
+    generate = _decoding(
+        "generate", "Encode seq_in once, then generate seq_len tokens after seq_out_start (cached)."
+    )
+    beam_search = _decoding(
+        "beam_search",
+        "Encode seq_in once, then beam-search seq_len tokens (AutoregressiveWrapper.beam_search).",
+    )
