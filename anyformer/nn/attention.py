@@ -7,7 +7,7 @@ sparse top-k), and the head-output modules (tensor product, head scale, head gat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -24,6 +24,9 @@ from .qk_norm import QKNorm
 from .sparse_topk import SparseTopK
 from .talking_heads import TalkingHeads
 from .tensor_product import TensorProduct
+
+if TYPE_CHECKING:
+    from .positions.rotary import RotaryAngles, RotaryEmbedding
 
 __all__ = ["Attention", "FusedQKV", "SplitQKV"]
 
@@ -119,8 +122,21 @@ def _check_heads(config: AttentionConfig, heads: int) -> int:
     return kv_heads
 
 
+def _missing_positions() -> ValueError:
+    return ValueError(
+        "Attention: positions are required (b|1, n): this layer rotates its queries and keys "
+        "(it has a rotary position module)"
+    )
+
+
 class Attention(nn.Module):
-    """Multi-head self- or cross-attention (x-transformers' ``Attention``)."""
+    """Multi-head self- or cross-attention (x-transformers' ``Attention``).
+
+    It follows the composition protocol of given attention modules (``anyformer.stack.
+    composition``), so one built on its own can be given to a stack (``attn_factory``)."""
+
+    can_cache_kv = True
+    """Composition protocol: forward writes and reads the ``cache`` it is given."""
 
     def __init__(
         self,
@@ -129,7 +145,7 @@ class Attention(nn.Module):
         causal: bool = False,
         *,
         config: AttentionConfig | None = None,
-        position: nn.Module | None = None,
+        position: RotaryEmbedding | None = None,
         carries_scores: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -225,7 +241,7 @@ class Attention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise what this module owns beyond its children's defaults."""
-        out = self.to_out[0] if isinstance(self.to_out, nn.Sequential) else self.to_out
+        out: Any = self.to_out[0] if isinstance(self.to_out, nn.Sequential) else self.to_out
         for linear in (*self.qkv.children(), out):
             if isinstance(linear, nn.Linear) and linear.bias is not None:
                 nn.init.zeros_(linear.bias)  # projection biases start at zero (GPT-2, BERT)
@@ -255,23 +271,26 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         context: Tensor | None,
-        positions: Tensor | None,
+        positions: Tensor | RotaryAngles | None,
         cache: LayerKVCache | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """q (b, h, n, d), k (b, kvh, j, d), v (b, kvh, j, d_v): normalised, rotated, cached."""
-        if cache is not None and cache.is_cross and cache.filled:
-            q = self._heads(self.qkv.queries(x), self.heads)
+        qkv = self.qkv
+        if cache is not None and cache.is_cross and cache.k is not None and cache.v is not None:
+            q = self._heads(qkv.queries(x), self.heads)  # the context's keys/values are cached
             if self.qk_norm is not None:
                 q = self.qk_norm.queries(q)
             return q, cache.k, cache.v
-        if context is None and self.rotates_together(positions):
-            return self.split_rotated(self.qkv.to_qkv(x), positions, cache)
-        q, k, v = self.qkv(x, context)
+        if context is None and self.rotates_together(positions) and isinstance(qkv, FusedQKV):
+            return self.split_rotated(qkv.to_qkv(x), positions, cache)
+        q, k, v = qkv(x, context)
         q = self._heads(q, self.heads)
         k, v = self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
         if self.position is not None and context is None:
+            if positions is None:
+                raise _missing_positions()
             q, k = self.position(q, k, positions)
             if self.rotate_values:
                 v = self.position.rotate_values(v, positions)
@@ -297,7 +316,12 @@ class Attention(nn.Module):
         sizes, heads, kv_heads = self.qkv.sizes, self.heads, self.kv_heads
         qk_dim = sizes[0] + sizes[1]
         qk = qkv.narrow(-1, 0, qk_dim).view(b, n, heads + kv_heads, self.dim_head)
-        q, k = self.position.rotate_rows(qk, positions).split((heads, kv_heads), dim=2)
+        position = self.position
+        if position is None:
+            raise ValueError("Attention.split_rotated: this layer has no rotary position module")
+        if positions is None:
+            raise _missing_positions()
+        q, k = position.rotate_rows(qk, positions).split((heads, kv_heads), dim=2)
         # shared_kv: the values are the keys before rotation
         v_start = qk_dim if len(sizes) == 3 else sizes[0]
         v = qkv.narrow(-1, v_start, sizes[-1]).view(b, n, kv_heads, -1)
@@ -315,7 +339,7 @@ class Attention(nn.Module):
         attn_mask: Tensor | None = None,
         *,
         plan: AttentionMask | None = None,
-        positions: Tensor | None = None,
+        positions: Tensor | RotaryAngles | None = None,
         cache: LayerKVCache | None = None,
         return_intermediates: bool = False,
         return_attn: bool = False,

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .projection import InputProjection
+
 __all__ = ["HeadGate", "HeadScale", "ValueGate", "attention_on_attention"]
 
 _OPEN = 10.0  # gate bias at init: sigmoid(10) ~ 1, the gate starts open
@@ -36,7 +38,7 @@ class HeadScale(nn.Module):
         return out * self.head_scale_params
 
 
-class HeadGate(nn.Linear):
+class HeadGate(InputProjection):
     """(b, h, n, d) head outputs, (b, n, dim) input -> head h times sigmoid(Linear(x)_h)."""
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -44,14 +46,15 @@ class HeadGate(nn.Linear):
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
-        nn.init.constant_(self.bias, _OPEN)
+        if self.bias is not None:  # built with one
+            nn.init.constant_(self.bias, _OPEN)
 
     def forward(self, out: Tensor, x: Tensor) -> Tensor:
         gate = F.linear(x, self.weight, self.bias).sigmoid()
         return out * gate.transpose(1, 2).unsqueeze(-1)
 
 
-class ValueGate(nn.Linear):
+class ValueGate(InputProjection):
     """(b, n, h * d) merged outputs, (b, n, dim) input -> out * act(Linear(x))."""
 
     def __init__(self, dim: int, out_dim: int, swiglu: bool = False) -> None:
@@ -60,7 +63,8 @@ class ValueGate(nn.Linear):
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
-        nn.init.constant_(self.bias, _OPEN)
+        if self.bias is not None:  # built with one
+            nn.init.constant_(self.bias, _OPEN)
 
     def forward(self, out: Tensor, x: Tensor) -> Tensor:
         gate = F.linear(x, self.weight, self.bias)

@@ -58,7 +58,7 @@ class PrependedKV(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.mem_k is not None:
+        if self.mem_k is not None and self.mem_v is not None:
             nn.init.normal_(self.mem_k)
             nn.init.normal_(self.mem_v)
 
@@ -77,7 +77,7 @@ class PrependedKV(nn.Module):
         if self.add_zero_kv:
             keys.append(k.new_zeros(b, kv_heads, 1, k.shape[-1]))
             values.append(v.new_zeros(b, kv_heads, 1, v.shape[-1]))
-        if self.mem_k is not None:
+        if self.mem_k is not None and self.mem_v is not None:
             mem_k = self.mem_k if memory_keys is None else memory_keys(self.mem_k)
             keys.append(mem_k.to(k.dtype).expand(b, *mem_k.shape[-3:]))
             values.append(self.mem_v.to(v.dtype).expand(b, *self.mem_v.shape))

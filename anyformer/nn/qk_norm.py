@@ -41,18 +41,19 @@ class QKNorm(nn.Module):
         self.qk_norm_k_scale = nn.Parameter(torch.ones(heads, 1, dim_head)) if dim_scale else None
 
     def reset_parameters(self) -> None:
-        if self.qk_norm_q_scale is not None:
+        if self.qk_norm_q_scale is not None and self.qk_norm_k_scale is not None:
             nn.init.ones_(self.qk_norm_q_scale)
             nn.init.ones_(self.qk_norm_k_scale)
 
     def queries(self, q: Tensor) -> Tensor:
         """q (b, h, i, d) normalised and scaled (with the folded key scale, if folded)."""
         q = l2norm(q, self.groups)
-        if self.qk_norm_q_scale is None:
+        q_scale, k_scale = self.qk_norm_q_scale, self.qk_norm_k_scale
+        if q_scale is None or k_scale is None:  # both or neither (dim_scale)
             return q
         if self.fold_key_scale:
-            return q * (self.qk_norm_q_scale * self.qk_norm_k_scale)
-        return q * self.qk_norm_q_scale
+            return q * (q_scale * k_scale)
+        return q * q_scale
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """q (b, h, i, d), k (b, kvh, j, d)."""

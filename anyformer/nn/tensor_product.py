@@ -5,12 +5,14 @@ computed from the layer input per head. Schlag et al., https://arxiv.org/abs/220
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from .projection import InputProjection
 
 __all__ = ["TensorProduct"]
 
 
-class TensorProduct(nn.Linear):
+class TensorProduct(InputProjection):
     """``to_r``: Linear(dim -> kv_heads * value_dim); query head h uses role head h // group."""
 
     def __init__(self, dim: int, kv_heads: int, value_dim: int) -> None:

@@ -7,6 +7,8 @@ over the layers, squared, summed over heads and averaged over batch and position
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -22,9 +24,12 @@ def attention_z_loss(
     over (default: all)."""
     if not pre_softmax_attns:
         raise ValueError("attention_z_loss: no attention logits given (a stack without attention?)")
-    lse = sum(
-        attn.to(torch.promote_types(attn.dtype, torch.float32)).logsumexp(dim=-1)
-        for attn in pre_softmax_attns
+    lse = functools.reduce(
+        operator.add,
+        (
+            attn.to(torch.promote_types(attn.dtype, torch.float32)).logsumexp(dim=-1)
+            for attn in pre_softmax_attns
+        ),
     )
     loss = lse.square().sum(dim=1)  # (b, n)
     if mask is None:

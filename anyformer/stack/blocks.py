@@ -18,7 +18,7 @@ from ..nn.masks import AttentionMask
 from ..nn.positions.rotary import RotaryAngles
 from ..nn.residual import Residual
 
-__all__ = ["AttentionBlock", "Block", "FeedForwardBlock", "StackRun"]
+__all__ = ["AttentionBlock", "Block", "FeedForwardBlock", "GivenAttentionBlock", "StackRun"]
 
 _GLOBAL_HOOKS = (
     nn.modules.module._global_forward_hooks,
@@ -98,6 +98,11 @@ class Block(nn.Module):
         )
 
     @property
+    def reads_positions(self) -> bool:
+        """Whether the branch reads the rows' positions (the stack computes them for it)."""
+        return False
+
+    @property
     def cache_slots(self) -> int:
         """KV-cache slots one execution of this block uses (attention, token shift)."""
         return int(self.layer_type != "f") + int(self.token_shift is not None)
@@ -107,15 +112,16 @@ class Block(nn.Module):
         h = self.pre_norm(x)
         if self.token_shift is None:
             return h
-        own = slot + self.cache_slots - 1 if run.cache is not None else None
-        cache = None if own is None else run.cache.layer(own, False)
-        return self.token_shift(h, run.row_mask, cache)
+        cache = run.cache
+        own = None if cache is None or slot is None else slot + self.cache_slots - 1
+        layer = None if cache is None or own is None else cache.layer(own, False)
+        return self.token_shift(h, run.row_mask, layer)
 
     def join(self, x: Tensor, out: Tensor, run: StackRun | None = None) -> Tensor:
         """Add the branch output to the stream through the residual and output-norm slots."""
         if self.plain_join:
             return x + out
-        if self.dual_scale is not None and run is not None:
+        if self.dual_scale is not None and run is not None and run.dual is not None:
             run.dual = run.dual + out * self.dual_scale
         return self.post_norm(self.residual(x, self.post_branch_norm(out)))
 
@@ -159,7 +165,7 @@ class AttentionBlock(Block):
             run.layer_hiddens.append(x)
             if not self.is_cross:
                 run.hiddens.append(x)
-        cache = None if run.cache is None else run.cache.layer(slot, self.is_cross)
+        cache = None if run.cache is None or slot is None else run.cache.layer(slot, self.is_cross)
         carry = self.carries_scores
         prev = None
         if carry:
@@ -185,6 +191,11 @@ class AttentionBlock(Block):
                 run.attn_intermediates.append(inter)
         return self.join(x, out, run)
 
+    @property
+    def reads_positions(self) -> bool:
+        """Self-attention with a position module (rotary) reads the rows' positions."""
+        return getattr(self.branch, "position", None) is not None
+
     def remember(self, mem: Tensor, positions: Any, cache: KVCache, slot: int) -> None:
         """Transformer-XL: write the keys/values of memory hiddens (b, m, d) at the cache's
         start, as if they were earlier rows (their attention output is discarded).
@@ -195,3 +206,59 @@ class AttentionBlock(Block):
             positions=positions,
             cache=cache.layer(slot, self.is_cross),
         )
+
+
+class GivenAttentionBlock(Block):
+    """An attention module the user gave (``attn_factory`` / ``cross_attn_factory``), called
+    with the composition protocol: ``branch(x, context=, plan=, positions=, cache=)`` (see
+    ``stack/composition.py``)."""
+
+    carries_scores = False
+
+    def __init__(self, branch: nn.Module, *args: nn.Module | None, is_cross: bool, **kw) -> None:
+        super().__init__(branch, *args, **kw)
+        self.is_cross = is_cross
+        self.layer_type = "c" if is_cross else "a"
+
+    @property
+    def reads_positions(self) -> bool:
+        """A given self-attention module gets the rows' positions."""
+        return not self.is_cross
+
+    @property
+    def can_cache_kv(self) -> bool:
+        """Whether the given module says it writes and reads the KV cache (``can_cache_kv``)."""
+        return getattr(self.branch, "can_cache_kv", False) is True
+
+    def _refuse(self, what: str) -> ValueError:
+        name = type(self.branch).__name__
+        kind = "cross_attn_factory" if self.is_cross else "attn_factory"
+        return ValueError(f"{what}: this layer's attention is a given module ({name}, {kind})")
+
+    def forward(self, x: Tensor, run: StackRun, slot: int | None = None) -> Tensor:
+        if run.return_attn:
+            raise self._refuse("return_attn: a given attention module returns no attention maps")
+        if run.collect:
+            run.layer_hiddens.append(x)
+            if not self.is_cross:
+                run.hiddens.append(x)
+        cache = None
+        if run.cache is not None and slot is not None:
+            if not self.can_cache_kv:
+                raise self._refuse(
+                    "cache: the module does not set can_cache_kv = True, so it cannot decode "
+                    "with a KV cache (call without cache=, or generate(cache_kv=False))"
+                )
+            cache = run.cache.layer(slot, self.is_cross)
+        out = self.branch(
+            self.branch_input(x, run, slot),
+            context=run.context if self.is_cross else None,
+            plan=run.cross_mask if self.is_cross else run.self_mask,
+            positions=None if self.is_cross else run.positions,
+            cache=cache,
+        )
+        return self.join(x, out, run)
+
+    def remember(self, mem: Tensor, positions: Any, cache: KVCache, slot: int) -> None:
+        """Transformer-XL memories need each attention's keys of earlier rows: refused."""
+        raise self._refuse("mems: Transformer-XL memories cannot be written by a given module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,23 +11,22 @@ from torch import Tensor, nn
 from ..cache import KVCache
 from ..checks import check_attn_mask, check_float_input, check_mask
 from ..config.later import LATER_FORWARD, raise_if_later
-from ..config.options import from_dict, to_dict, unknown_keyword
+from ..config.options import from_dict, keyword_names, to_dict, unknown_keyword
 from ..config.stack import StackConfig, parse_stack_config
 from ..config.structure import per_layer
 from ..intermediates import LayerIntermediates
-from ..nn.attention import Attention
-from ..nn.feedforward import FeedForward
 from ..nn.init import reset_module_tree
 from ..nn.masks import AttentionMask, build_attention_mask, causal_keep_mask, expand_attn_mask
-from ..nn.norms import build_norm
 from ..nn.positions import build_attn_bias, build_rotary, left_padded
 from ..nn.positions.left_padding import check_seq_start_pos
 from ..nn.positions.rotary import GivenRotary
 from ..nn.token_dropout import drop_tokens
-from .blocks import AttentionBlock, FeedForwardBlock, StackRun
+from .blocks import GivenAttentionBlock, StackRun
+from .build import build_modules
+from .composition import GivenModules, LayerModules
 from .lean import loop_for
 from .memory import remember
-from .structure import attention_config, block_slots, feedforward_branch, feedforward_config
+from .rows import row_positions
 
 __all__ = ["AttentionLayers", "CrossAttender", "Decoder", "Encoder", "PrefixDecoder"]
 
@@ -36,6 +36,9 @@ class AttentionLayers(nn.Module):
 
     Keywords are parsed once into a frozen StackConfig (``attn_*``, ``cross_attn_*``, ``ff_*``
     routed to their modules); the blocks are built here and ``forward`` only walks them.
+    ``attn_factory``, ``cross_attn_factory``, ``ff_factory`` and ``norm_factory`` put given
+    modules in some or all layers instead (``{layer index: module}`` or a factory
+    ``(layer index) -> module | None``; the protocol is in ``anyformer.stack.composition``).
     """
 
     _resets_tree = True
@@ -50,8 +53,18 @@ class AttentionLayers(nn.Module):
         only_cross: bool = False,
         pre_norm: bool = True,
         pre_norm_has_final_norm: bool = True,
+        *,
+        attn_factory: LayerModules | None = None,
+        cross_attn_factory: LayerModules | None = None,
+        ff_factory: LayerModules | None = None,
+        norm_factory: LayerModules | None = None,
         **kwargs: Any,
     ) -> None:
+        """``attn_factory``: given self-attention modules, for the 'a' layers;
+        ``cross_attn_factory``: given cross-attention modules, for the 'c' layers;
+        ``ff_factory``: given feedforward modules, for the 'f' layers; ``norm_factory``: given
+        block norms (index ``len(layers)``: the final norm). Each is a mapping {layer index:
+        module} or a factory (layer index) -> module | None (None: the flag-built module)."""
         super().__init__()
         stack_args = dict(
             dim=dim,
@@ -63,10 +76,12 @@ class AttentionLayers(nn.Module):
             pre_norm=pre_norm,
             pre_norm_has_final_norm=pre_norm_has_final_norm,
         )
-        self._setup(parse_stack_config(type(self).__name__, stack_args, kwargs))
+        given = GivenModules(attn_factory, cross_attn_factory, ff_factory, norm_factory)
+        self._setup(parse_stack_config(type(self).__name__, stack_args, kwargs), given)
 
-    def _setup(self, config: StackConfig) -> None:
-        """Build every module from the resolved config (the constructor and from_config meet here)."""
+    def _setup(self, config: StackConfig, given: GivenModules | None = None) -> None:
+        """Build every module from the resolved config (the constructor and from_config meet
+        here); ``given``: the modules the composition keywords give instead."""
         self.config: StackConfig = config
         self.dim = config.dim
         self.depth = config.depth
@@ -76,11 +91,13 @@ class AttentionLayers(nn.Module):
         self.disable_abs_pos_emb = config.disable_abs_pos_emb
         self.layer_types = config.layer_types
         self.rotary = build_rotary(config)  # shared by every self-attention layer
-        self.layers = nn.ModuleList(self._build_block(t, i) for i, t in enumerate(self.layer_types))
-        self.layer_dropouts = per_layer(config.layer_dropout, len(self.layer_types))
-        self.final_norm = (
-            build_norm(config.dim, config.norm) if config.has_final_norm else nn.Identity()
+        blocks, final_norm, names = build_modules(
+            config, self.rotary, given or GivenModules(), type(self).__name__
         )
+        self.layers = nn.ModuleList(blocks)
+        self.given_modules: tuple[str, ...] = names  # where the composition keywords put modules
+        self.layer_dropouts = per_layer(config.layer_dropout, len(self.layer_types))
+        self.final_norm = final_norm
         self.attn_bias = build_attn_bias(config)  # additive position bias (ALiBi, T5, ...)
         self.set_execution_order(config.execution_order)
 
@@ -105,8 +122,8 @@ class AttentionLayers(nn.Module):
     @property
     def execution_plan(self) -> tuple[tuple[int, int | None], ...]:
         """(index into self.layers, KV-cache slot or None) per execution, in order."""
-        blocks = list(self.layers)
-        order = self._custom_order
+        blocks: list[Any] = list(self.layers)  # Blocks (cache_slots)
+        order: Sequence[int] | None = self._custom_order
         if order is None:
             order = range(len(blocks))
         elif order and max(order) >= len(blocks):
@@ -125,29 +142,7 @@ class AttentionLayers(nn.Module):
     @property
     def uses_positions(self) -> bool:
         """Whether some current block reads positions (or the stack adds a position bias)."""
-        return self.attn_bias is not None or any(
-            getattr(block.branch, "position", None) is not None
-            for block in self.layers
-            if block.layer_type == "a"
-        )
-
-    def _build_block(self, layer_type: str, index: int = 0) -> nn.Module:
-        c = self.config
-        slots = block_slots(c, layer_type, index)  # norms, residual, token shift
-        if layer_type == "f":
-            ff = FeedForward(c.dim, config=feedforward_config(c))
-            return FeedForwardBlock(feedforward_branch(c, ff), **slots)
-        is_cross = layer_type == "c"
-        carries = c.cross_residual_attn if is_cross else c.residual_attn
-        attn = Attention(
-            c.dim,
-            heads=c.heads,
-            causal=c.causal and not is_cross,
-            config=attention_config(c, is_cross),
-            position=None if is_cross else self.rotary,
-            carries_scores=carries,
-        )
-        return AttentionBlock(attn, is_cross=is_cross, carries_scores=carries, **slots)
+        return self.attn_bias is not None or any(block.reads_positions for block in self.layers)
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | StackConfig) -> AttentionLayers:
@@ -171,29 +166,48 @@ class AttentionLayers(nn.Module):
     def can_cache_kv(self) -> bool:
         """Whether cached decoding is possible (causal self-attention). Not with xPos beside
         memory key/values or rotated values: their outputs depend on xPos's centre (the
-        sequence's middle), which a cache would fix at its first call."""
+        sequence's middle), which a cache would fix at its first call. Nor with a given
+        attention module that does not say it caches (``can_cache_kv = True``)."""
         attn, positions = self.config.attention, self.config.positions
         xpos_centred = positions.rotary_xpos and (attn.num_mem_kv > 0 or attn.rotary_embed_values)
-        return self.causal and not xpos_centred
+        return self.causal and not xpos_centred and self._given_attention_caches()
+
+    def _given_attention_caches(self) -> bool:
+        """Whether every given attention module can decode with a KV cache."""
+        return all(b.can_cache_kv for b in self.layers if isinstance(b, GivenAttentionBlock))
 
     def attention_paths(self) -> tuple[dict[str, Any], ...]:
         """Per attention layer (in build order): its index in ``layers``, type ('a' self, 'c'
-        cross), kernel path ('fused' / 'explicit'), the options that force the explicit path,
-        and whether it caches keys/values in cached decoding."""
-        return tuple(
-            {
-                "layer": index,
-                "type": block.layer_type,
-                "path": block.branch.path,
-                "explicit_because": block.branch.explicit_reasons,
-                "kv_cache": self.can_cache_kv,
-            }
-            for index, block in enumerate(self.layers)
-            if block.layer_type in ("a", "c")
-        )
+        cross), kernel path ('fused' / 'explicit'; 'given' for a given module, whose kernel
+        the stack does not know), the options that force the explicit path, and whether it
+        caches keys/values in cached decoding."""
+        can_cache = self.can_cache_kv
+        paths = []
+        for index, block in enumerate(self.layers):
+            if block.layer_type not in ("a", "c"):
+                continue
+            given = isinstance(block, GivenAttentionBlock)
+            branch: Any = block.branch  # an Attention, or a given module
+            paths.append(
+                {
+                    "layer": index,
+                    "type": block.layer_type,
+                    "path": "given" if given else branch.path,
+                    "explicit_because": () if given else branch.explicit_reasons,
+                    "kv_cache": can_cache,
+                }
+            )
+        return tuple(paths)
 
     def config_dict(self) -> dict[str, Any]:
-        """The resolved configuration as a plain dict."""
+        """The resolved configuration as a plain dict (not for a stack with given modules)."""
+        if self.given_modules:
+            raise ValueError(
+                f"{type(self).__name__}.config_dict: {', '.join(self.given_modules)} are given "
+                "modules (attn_factory / cross_attn_factory / ff_factory / norm_factory), which "
+                "a config cannot describe: save the state_dict and rebuild the stack with the "
+                "same factories"
+            )
         return {"class": type(self).__name__, **to_dict(self.config)}
 
     def forward(
@@ -232,6 +246,46 @@ class AttentionLayers(nn.Module):
         ``mask``.
         """
         self._check_kwargs(kwargs)
+        x, run = self._prepare(
+            x,
+            context,
+            mask,
+            context_mask,
+            attn_mask,
+            cache,
+            pos,
+            seq_start_pos,
+            self_attn_kv_mask,
+            mems,
+            mem_masks,
+            cache_age,
+            rotary_pos_emb,
+            return_hiddens,
+            return_attn,
+        )
+        x = self._run(x, run)
+        return self._collect(x, run)
+
+    def _prepare(
+        self,
+        x: Tensor,
+        context: Tensor | None,
+        mask: Tensor | None,
+        context_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        cache: KVCache | LayerIntermediates | None,
+        pos: Tensor | None,
+        seq_start_pos: Tensor | None,
+        self_attn_kv_mask: Tensor | None,
+        mems: list[Tensor] | None,
+        mem_masks: list[Tensor] | Tensor | None,
+        cache_age: int | None,
+        rotary_pos_emb: Any,
+        return_hiddens: bool,
+        return_attn: bool,
+    ) -> tuple[Tensor, StackRun]:
+        """Step 1: check forward's inputs and resolve them (cache, memories, key mask, left
+        padding) into the rows to compute and the StackRun every block reads."""
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
         if cache_age is not None:
@@ -244,19 +298,42 @@ class AttentionLayers(nn.Module):
             context, context_mask = drop_tokens(
                 context, context_mask, self.config.cross_attn_tokens_dropout
             )
-        if cache is None and return_hiddens and self.causal and attn_mask is None:
+        if (
+            cache is None
+            and return_hiddens
+            and self.causal
+            and attn_mask is None
+            and not self.training
+        ):
             # returned in the intermediates to continue decoding from; training needs none
-            cache = None if self.training else KVCache()
+            cache = KVCache() if self._given_attention_caches() else None
         if self_attn_kv_mask is not None:
             check_mask("self_attn_kv_mask", self_attn_kv_mask, (b, n), "batch, seq_len")
             mask = self_attn_kv_mask
         if seq_start_pos is not None or (cache is not None and cache.seq_start_pos is not None):
             pos, mask = self._left_padding(seq_start_pos, pos, mask, cache, b, n)
+        run = self._stack_run(x, mask, attn_mask, cache, pos, given, context, context_mask)
+        run.collect, run.return_attn = return_hiddens or return_attn, return_attn
+        return x, run
+
+    def _stack_run(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        attn_mask: Tensor | None,
+        cache: KVCache | None,
+        pos: Tensor | None,
+        given: GivenRotary | None,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+    ) -> StackRun:
+        """The masks, positions and cache of this call, computed once for every block."""
+        n = x.shape[1]
         key_mask, k_len = mask, n
         if cache is not None:
-            key_mask = cache.extend_mask(mask, b, n, x.device)
+            key_mask = cache.extend_mask(mask, x.shape[0], n, x.device)
             k_len = cache.length + n
-        positions = self._positions(pos, n, cache, x.device) if self.uses_positions else None
+        positions = row_positions(pos, n, cache, x.device) if self.uses_positions else None
         run = StackRun(
             self_mask=build_attention_mask(
                 q_len=n,
@@ -269,32 +346,38 @@ class AttentionLayers(nn.Module):
             context=context,
             positions=positions,
             cache=cache,
-            collect=return_hiddens or return_attn,
-            return_attn=return_attn,
             row_mask=mask,
         )
         if positions is not None:
-            self._position_inputs(run, pos is None, n, k_len, given)
+            self._position_inputs(run, positions, pos is None, n, k_len, given)
         if self.cross_attend:
             run.cross_mask = self._cross_mask(n, context, context_mask, cache, x.device)
         if self.config.resi_dual:
             run.dual = x * self.config.resi_dual_scale
-        lean = None if self.training or run.collect else loop_for(self, cache)
-        use_lean = lean is not None and lean.usable()  # a generation session's decoding loop
-        x = lean(x, run) if use_lean else self._run_blocks(x, run)
+        return run
+
+    def _run(self, x: Tensor, run: StackRun) -> Tensor:
+        """Step 2: the blocks, or a generation session's decoding loop for its cache."""
+        lean = None if self.training or run.collect else loop_for(self, run.cache)
+        if lean is not None and lean.usable():
+            return lean(x, run)
+        return self._run_blocks(x, run)
+
+    def _collect(self, x: Tensor, run: StackRun) -> Tensor | tuple[Tensor, LayerIntermediates]:
+        """Step 3: the final norm, the cache advanced past the rows, the intermediates."""
         if run.collect:
             run.layer_hiddens.append(x)
         x = x + self.final_norm(run.dual) if run.dual is not None else self.final_norm(x)
-        if cache is not None:
-            cache.advance(n)
-        if not (return_hiddens or return_attn):
+        if run.cache is not None:
+            run.cache.advance(x.shape[1])
+        if not run.collect:
             return x
         return x, LayerIntermediates(
             hiddens=run.hiddens,
             last_hidden=x,
             attn_intermediates=run.attn_intermediates,
             layer_hiddens=run.layer_hiddens,
-            cache=cache,
+            cache=run.cache,
         )
 
     def _run_blocks(self, x: Tensor, run: StackRun) -> Tensor:
@@ -349,15 +432,17 @@ class AttentionLayers(nn.Module):
         cache: KVCache | None,
         b: int,
         n: int,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor | None, Tensor | None]:
         """seq_start_pos (given, or remembered by the cache) -> per-row positions, key mask."""
         start = 0 if cache is None else cache.length
-        if seq_start_pos is None:
-            seq_start_pos = cache.seq_start_pos
-        else:
+        if seq_start_pos is not None:
             check_seq_start_pos(seq_start_pos, b, start + n)
             if cache is not None:
                 cache.seq_start_pos = seq_start_pos
+        elif cache is not None and cache.seq_start_pos is not None:
+            seq_start_pos = cache.seq_start_pos
+        else:
+            return pos, mask  # no row is left-padded
         return left_padded(seq_start_pos, start, n, pos, mask)
 
     def _given_rotary(self, value: Any, b: int, n: int, mems: list[Tensor] | None) -> GivenRotary:
@@ -373,17 +458,26 @@ class AttentionLayers(nn.Module):
         return given
 
     def _position_inputs(
-        self, run: StackRun, counted: bool, n: int, k_len: int, given: GivenRotary | None
+        self,
+        run: StackRun,
+        positions: Tensor,
+        counted: bool,
+        n: int,
+        k_len: int,
+        given: GivenRotary | None,
     ) -> None:
         """Rotary angles and the additive position bias, computed once for every layer.
-        ``counted``: the positions are the default ones, consecutive after the cache;
-        ``given``: rotary frequencies passed to forward."""
-        cache, positions = run.cache, run.positions
+        ``positions``: the run's positions; ``counted``: they are the default ones,
+        consecutive after the cache; ``given``: rotary frequencies passed to forward (only
+        with rotary, as _given_rotary checks)."""
+        cache, rotary = run.cache, self.rotary
         offset = (0 if cache is None else cache.length) if counted else None
-        if given is not None:
-            run.rotary = given.angles(n, 0, self.rotary.head_dim)
-        elif self.rotary is not None:
-            run.rotary = self.rotary.angles(positions, offset, cache)
+        if rotary is not None:
+            run.rotary = (
+                given.angles(n, 0, rotary.head_dim)
+                if given is not None
+                else rotary.angles(positions, offset, cache)
+            )
         if self.attn_bias is None:
             return
         span = k_len if counted else None  # |q - k| < span (None: measured from the positions)
@@ -394,16 +488,6 @@ class AttentionLayers(nn.Module):
         else:
             k_pos, span = cache.extend_positions(positions, n), None
         run.self_mask = run.self_mask.with_bias(self.attn_bias(positions, k_pos, span))
-
-    @staticmethod
-    def _positions(
-        pos: Tensor | None, n: int, cache: KVCache | None, device: torch.device
-    ) -> Tensor:
-        """(b|1, n) positions of the rows computed now: given, or counted on from the cache."""
-        if pos is not None:
-            return pos if pos.ndim == 2 else pos.unsqueeze(0)
-        start = 0 if cache is None else cache.length
-        return torch.arange(start, start + n, device=device).unsqueeze(0)
 
     @staticmethod
     def _cross_mask(
@@ -417,7 +501,7 @@ class AttentionLayers(nn.Module):
         if cache is not None and cache.length > 0:
             context_mask, m = cache.context_mask, cache.context_len
         else:
-            m = context.shape[1]
+            m = 0 if context is None else context.shape[1]  # _check_inputs asked for a context
             if cache is not None:
                 cache.context_mask, cache.context_len = context_mask, m
         return build_attention_mask(
@@ -428,22 +512,7 @@ class AttentionLayers(nn.Module):
         owner = f"{type(self).__name__}.forward"
         raise_if_later(owner, kwargs, LATER_FORWARD)
         if kwargs:
-            valid = [
-                "context",
-                "mask",
-                "context_mask",
-                "attn_mask",
-                "return_hiddens",
-                "cache",
-                "return_attn",
-                "pos",
-                "seq_start_pos",
-                "self_attn_kv_mask",
-                "mems",
-                "mem_masks",
-                "cache_age",
-                "rotary_pos_emb",
-            ]
+            valid = keyword_names(AttentionLayers.forward, skip=("x",))
             raise unknown_keyword(owner, next(iter(kwargs)), valid)
 
     def _check_inputs(
@@ -547,7 +616,8 @@ class PrefixDecoder(AttentionLayers):
         if attn_mask is not None:
             check_attn_mask(attn_mask, b, self.heads, n, n)
             prefix_mask = prefix_mask & expand_attn_mask(attn_mask)
-        return super().forward(x, *args, attn_mask=prefix_mask, **kwargs)
+        kwargs["attn_mask"] = prefix_mask
+        return super().forward(x, *args, **kwargs)
 
 
 class CrossAttender(AttentionLayers):

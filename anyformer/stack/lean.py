@@ -3,9 +3,10 @@
 Most models are stacks of the plain pre-norm block: ``x + branch(norm(x))`` with self-attention
 on the fused kernel and a feedforward. For such stacks the loop below runs the same computations
 (the same module methods and kernels, so the same numbers) without the per-block module
-machinery; for long one-row sessions on the CPU it multiplies by its own column-major copies of
-the linear weights, the layout CPU matrix-vector products read fastest (the session's choice,
-within COPY_BUDGET_BYTES). The model itself is never changed.
+machinery; for long one-row sessions on the CPU it multiplies by its own copies of the linear
+weights in the layout CPU matrix-vector products read fastest: column-major for fp32, oneDNN's
+packed layout for bf16 (the session's choice, within COPY_BUDGET_BYTES). Quantized linear maps
+(anyformer.quantize) are called as they are. The model itself is never changed.
 
 A loop is built by a generation session from the stack's modules as they are when the session
 starts (``LeanLoop.build`` returns None when some module is not of the exact type it knows) and
@@ -18,7 +19,9 @@ sees them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 import torch
@@ -30,6 +33,8 @@ from ..nn.attention import Attention, FusedQKV
 from ..nn.feedforward import FeedForward
 from ..nn.masks import AttentionMask
 from ..nn.positions.rotary import RotaryAngles
+from ..quantize.bf16 import packed_bf16_supported
+from ..quantize.swap import OWN_KERNEL_TYPES
 from .blocks import AttentionBlock, FeedForwardBlock, StackRun
 
 __all__ = ["COPY_BUDGET_BYTES", "LeanLoop", "attach", "detach", "loop_for"]
@@ -44,6 +49,9 @@ _GLOBAL_HOOKS = (
 )
 
 _LOOPS: WeakKeyDictionary[KVCache, LeanLoop] = WeakKeyDictionary()
+
+_Map = Callable[[Tensor], Tensor]
+"""A linear map the loop multiplies by: x (rows, in) -> (rows, out)."""
 
 
 @dataclass(frozen=True)
@@ -61,18 +69,21 @@ class _Linear:
 class _Step:
     """One execution of a block: its norm and branch, its linear maps, its KV-cache slot."""
 
-    norm: nn.Module
-    branch: nn.Module
+    norm: Any  # the block's pre-norm module
+    branch: Any  # its Attention or FeedForward
     slot: int | None
     is_attention: bool
-    maps: tuple[_Linear | None, ...]  # attention: (to_qkv or None, to_out); ff: (in, out)
+    maps: tuple[_Map | None, _Map]  # attention: (to_qkv or None, to_out); ff: (in, out)
 
 
 def _exact_linear(module: object) -> bool:
+    """A plain nn.Linear, or a linear map of anyformer.quantize (with its own kernel)."""
+    if type(module) in OWN_KERNEL_TYPES:
+        return True
     return type(module) is nn.Linear and type(module.weight) is nn.Parameter
 
 
-def _plain_attention(block: nn.Module) -> bool:
+def _plain_attention(block: Any) -> bool:
     if type(block) is not AttentionBlock or block.is_cross or block.carries_scores:
         return False
     attn = block.branch
@@ -87,7 +98,7 @@ def _plain_attention(block: nn.Module) -> bool:
     )
 
 
-def _plain_feedforward(block: nn.Module) -> bool:
+def _plain_feedforward(block: Any) -> bool:
     if type(block) is not FeedForwardBlock or type(block.branch) is not FeedForward:
         return False
     ff = block.branch
@@ -96,8 +107,8 @@ def _plain_feedforward(block: nn.Module) -> bool:
     )
 
 
-def _plain_block(block: nn.Module) -> bool:
-    return (
+def _plain_block(block: Any) -> bool:
+    return bool(
         block.plain_join
         and block.token_shift is None
         and (_plain_attention(block) or _plain_feedforward(block))
@@ -105,18 +116,37 @@ def _plain_block(block: nn.Module) -> bool:
 
 
 class _Weights:
-    """Column-major copies of the weights, within a byte budget."""
+    """The session's copies of the weights, within a byte budget: fp32 column-major; bf16 in
+    oneDNN's packed layout where the CPU multiplies bf16 natively (AVX-512 BF16 / AMX)."""
 
     def __init__(self, linears: list[nn.Linear], copy: bool) -> None:
         total = sum(m.weight.numel() * m.weight.element_size() for m in linears)
         self.copy = copy and total <= COPY_BUDGET_BYTES
 
-    def map(self, linear: nn.Linear) -> _Linear:
+    def map(self, linear: Any) -> _Map:
+        if type(linear) is not nn.Linear:  # anyformer.quantize's maps: their own kernels
+            return linear.forward
         weight = linear.weight.detach()
-        if self.copy and weight.device.type == "cpu" and type(weight) is torch.Tensor:
-            weight = weight.t().contiguous().t()
-        bias = linear.bias
-        return _Linear(weight, None if bias is None else bias.detach())
+        bias = None if linear.bias is None else linear.bias.detach()
+        if not (self.copy and weight.device.type == "cpu" and type(weight) is torch.Tensor):
+            return _Linear(weight, bias)
+        if weight.dtype == torch.float32:
+            return _Linear(weight.t().contiguous().t(), bias)
+        if weight.dtype == torch.bfloat16 and packed_bf16_supported():
+            return _PackedBf16(torch.ops.mkldnn._reorder_linear_weight(weight, 1), bias)
+        return _Linear(weight, bias)
+
+
+@dataclass(frozen=True)
+class _PackedBf16:
+    """A bf16 linear map on a packed copy of its weight: the same oneDNN product F.linear runs
+    for bf16 (the same numbers), without re-reading the plain layout at every call."""
+
+    packed: Tensor
+    bias: Tensor | None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
 class LeanLoop:
@@ -131,7 +161,7 @@ class LeanLoop:
     def build(stack: nn.Module, copy_weights: bool = True) -> LeanLoop | None:
         """The loop for the stack's current blocks and plan; None if some block is not plain.
         ``copy_weights``: decode from column-major copies (CPU, within COPY_BUDGET_BYTES)."""
-        layers = list(stack.layers)
+        layers: list[Any] = list(cast(Any, stack).layers)
         if not all(_plain_block(block) for block in layers):
             return None
         linears = [m for block in layers for m in block.branch.modules() if type(m) is nn.Linear]
@@ -139,7 +169,7 @@ class LeanLoop:
         maps = [_maps(block.branch, weights) for block in layers]
         steps = [
             _Step(layers[i].pre_norm, layers[i].branch, slot, layers[i].layer_type == "a", maps[i])
-            for i, slot in stack.execution_plan
+            for i, slot in cast(Any, stack).execution_plan
         ]
         skipped: list[nn.Module] = []
         for block in layers:
@@ -190,7 +220,7 @@ def loop_for(stack: nn.Module, cache: KVCache | None) -> LeanLoop | None:
     return loop if loop is not None and loop.stack is stack else None
 
 
-def _maps(branch: nn.Module, weights: _Weights) -> tuple[_Linear | None, _Linear]:
+def _maps(branch: Any, weights: _Weights) -> tuple[_Map | None, _Map]:
     """The linear maps the loop multiplies by directly, in _Step.maps order."""
     if isinstance(branch, Attention):
         qkv = branch.qkv
@@ -209,7 +239,7 @@ def _attention(
     """Attention.forward for a plain self-attention layer, on (b, n, dim) -> (b * n, dim)."""
     attn = step.branch
     to_qkv, to_out = step.maps
-    layer_cache = None if cache is None else cache.layer(step.slot, False)
+    layer_cache = None if cache is None else cache.layer(cast(int, step.slot), False)
     b, n = h.shape[:2]
     if to_qkv is not None and attn.rotates_together(positions):  # one 2-D product
         qkv = to_qkv(h.view(b * n, -1)).view(b, n, -1)
@@ -224,7 +254,7 @@ def _feedforward(step: _Step, h: Tensor) -> Tensor:
     """FeedForward.forward on (b * n, dim)."""
     ff = step.branch
     proj_in, proj_out = step.maps
-    h = ff.post_act_norm(ff.act(proj_in(h)))
+    h = ff.post_act_norm(ff.act(cast(_Map, proj_in)(h)))
     if ff.dropout.training:
         h = ff.dropout(h)
     return proj_out(h)

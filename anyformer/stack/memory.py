@@ -11,29 +11,52 @@ previous segment's memories equals one pass over both where the memory covers th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..checks import check_mask
+from .rows import row_positions
 
 if TYPE_CHECKING:
-    from ..nn.positions.rotary import GivenRotary
-    from .layers import AttentionLayers
+    from ..nn.positions.rotary import GivenRotary, RotaryAngles, RotaryEmbedding
 
-__all__ = ["remember", "self_attention_executions"]
+__all__ = ["MemoryStack", "remember", "self_attention_executions"]
 
 
-def self_attention_executions(stack: AttentionLayers) -> list[tuple[int, int]]:
+class MemoryStack(Protocol):
+    """What memories read of a stack (AttentionLayers has it; this module names no stack class)."""
+
+    @property
+    def layers(self) -> nn.ModuleList: ...
+
+    @property
+    def execution_plan(self) -> tuple[tuple[int, int | None], ...]: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def uses_positions(self) -> bool: ...
+
+    @property
+    def rotary(self) -> RotaryEmbedding | None: ...
+
+
+def self_attention_executions(stack: MemoryStack) -> list[tuple[int, int]]:
     """(block index, cache slot) of every self-attention execution, in order."""
     layers = list(stack.layers)
-    return [(i, s) for i, s in stack.execution_plan if layers[i].layer_type == "a"]
+    return [
+        (i, s)
+        for i, s in stack.execution_plan
+        if s is not None and layers[i].layer_type == "a"  # self-attention always has a slot
+    ]
 
 
 def remember(
-    stack: AttentionLayers,
+    stack: MemoryStack,
     mems: Sequence[Tensor] | None,
     mem_masks: Sequence[Tensor] | Tensor | None,
     cache: KVCache | None,
@@ -66,14 +89,17 @@ def remember(
     if m == 0:
         return cache
     cache.extend_mask(mask, b, m, x.device)
-    rows = stack._positions(None, m, cache, x.device) if stack.uses_positions else None
-    rotary = getattr(stack, "rotary", None)
-    if rows is not None and given_rotary is not None:  # the rows before the segment's
-        rows = given_rotary.angles(m, x.shape[1], rotary.head_dim)
-    elif rows is not None and rotary is not None:
-        rows = rotary.angles(rows, 0, cache)  # what self-attention's position module reads
+    rows: Tensor | RotaryAngles | None = None
+    if stack.uses_positions:
+        rows = row_positions(None, m, cache, x.device)
+        rotary = stack.rotary
+        if rotary is not None and given_rotary is not None:  # the rows before the segment's
+            rows = given_rotary.angles(m, x.shape[1], rotary.head_dim)
+        elif rotary is not None:
+            rows = rotary.angles(rows, 0, cache)  # what self-attention's position module reads
     for (index, slot), mem in zip(executions, mems):
-        stack.layers[index].remember(mem.to(x.dtype), rows, cache, slot)
+        block: Any = stack.layers[index]  # an attention block (blocks.py)
+        block.remember(mem.to(x.dtype), rows, cache, slot)
     cache.advance(m)
     cache.num_prepended += m  # rows that are not tokens of the current segment
     return cache

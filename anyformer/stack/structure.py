@@ -21,8 +21,12 @@ from ..nn.token_shift import ShiftTokens, shift_amounts
 __all__ = ["attention_config", "block_slots", "feedforward_branch", "feedforward_config"]
 
 
-def block_slots(config: StackConfig, layer_type: str, index: int) -> dict[str, Any]:
-    """Keyword arguments of Block for layer `index` (of type `layer_type`)."""
+def block_slots(
+    config: StackConfig, layer_type: str, index: int, norm: nn.Module | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of Block for layer `index` (of type `layer_type`). ``norm``: a given
+    module for the block's norm slot (pre-norm, or post-norm with post-LN) instead of the
+    flag-built one."""
     c = config
     shift = per_layer(c.shift_tokens, len(c.layer_types))[index]
     residual: nn.Module
@@ -30,9 +34,10 @@ def block_slots(config: StackConfig, layer_type: str, index: int) -> dict[str, A
         residual = GRUGating(c.dim, scale_residual=c.scale_residual)
     else:
         residual = Residual(c.dim, c.scale_residual, c.scale_residual_constant)
+    main = norm if norm is not None else build_norm(c.dim, c.norm)
     return dict(
-        pre_norm=build_norm(c.dim, c.norm) if c.block_pre_norm else None,
-        post_norm=None if c.block_pre_norm else build_norm(c.dim, c.norm),
+        pre_norm=main if c.block_pre_norm else None,
+        post_norm=None if c.block_pre_norm else main,
         post_branch_norm=build_norm(c.dim, c.norm) if c.sandwich_norm else None,
         residual=residual,
         token_shift=(

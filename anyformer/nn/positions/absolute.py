@@ -35,6 +35,8 @@ class ScaledSinusoidalEmbedding(PositionTables):
     frequencies and angles are float32 whatever the module dtype; the sinusoids are cast to the
     scale's dtype."""
 
+    inv_freq: Tensor  # a computed buffer (not saved)
+
     def __init__(self, dim: int, theta: float = 10000.0) -> None:
         super().__init__()
         if dim % 2:

@@ -40,6 +40,8 @@ class AlibiPositionalBias(PositionTables):
     """(q_pos (b|1, i), k_pos (b|1, j)) -> additive bias (b|1, heads, i, j), in the slopes'
     precision (float32 whatever the module dtype; the attention mask casts the sum)."""
 
+    slopes: Tensor  # a computed buffer (not saved)
+
     def __init__(
         self, heads: int, total_heads: int | None = None, kv_heads: int | None = None
     ) -> None:

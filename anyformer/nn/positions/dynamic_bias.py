@@ -10,6 +10,8 @@ Linear(d, d) [+ LayerNorm with bias] + SiLU, ``mlp.depth`` = Linear(d, heads).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -36,7 +38,9 @@ class DynamicPositionBias(nn.Module):
                 f"DynamicPositionBias: depth and dim must be >= 1, got depth={depth}, dim={dim}"
             )
         self.log_distance = log_distance
-        layers = [self._hidden(nn.Linear(1, dim), nn.LayerNorm(dim, bias=False) if norm else None)]
+        layers: list[nn.Module] = [
+            self._hidden(nn.Linear(1, dim), nn.LayerNorm(dim, bias=False) if norm else None)
+        ]
         for _ in range(depth - 1):
             layers.append(self._hidden(nn.Linear(dim, dim), nn.LayerNorm(dim) if norm else None))
         layers.append(nn.Linear(dim, heads))
@@ -51,7 +55,8 @@ class DynamicPositionBias(nn.Module):
         distance = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)  # (b|1, i, j)
         if span is None:
             span = int(distance.abs().max()) + 1 if distance.numel() else 1
-        weight = self.mlp[0][0].weight
+        first: Any = self.mlp[0]  # Sequential(Linear, [norm,] SiLU)
+        weight = first[0].weight
         # distances (and their logs) in float32 at least, then the MLP's dtype
         exact = table_dtype(weight.dtype)
         table = torch.arange(-span + 1, span, device=distance.device, dtype=exact)

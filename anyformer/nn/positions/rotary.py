@@ -91,7 +91,7 @@ def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, rot_dim: int) -> Tensor:
     half, dim = rot_dim // 2, t.shape[-1]
     if cos.dtype != t.dtype:
         cos, sin = cos.to(t.dtype), sin.to(t.dtype)
-    parts = (t.narrow(-1, half, half), t.narrow(-1, 0, half))
+    parts: tuple[Tensor, ...] = (t.narrow(-1, half, half), t.narrow(-1, 0, half))
     if rot_dim < dim:
         parts = (*parts, t.narrow(-1, rot_dim, dim - rot_dim))
     return torch.addcmul(t * cos, torch.cat(parts, dim=-1), sin)
@@ -102,6 +102,10 @@ class RotaryEmbedding(PositionTables):
 
     Its tables (frequencies, cos/sin factors, xPos rates) are float32 whatever the module dtype
     (float64 under ``.double()``); the factors are cast to the activations' dtype when applied."""
+
+    inv_freq: Tensor  # buffers (not saved), filled by reset_tables
+    cos_table: Tensor
+    sin_table: Tensor
 
     def __init__(
         self,
@@ -223,8 +227,11 @@ class RotaryEmbedding(PositionTables):
                 center = torch.div(positions.max() + 1, 2, rounding_mode="floor")
             if cache is not None:
                 cache.xpos_center = center
-        power = (positions - center).to(self.xpos_zeta.dtype) / self.xpos_scale_base
-        scale = self.xpos_zeta ** power.unsqueeze(-1).unsqueeze(1)  # (b|1, 1, n, r/2)
+        zeta, scale_base = self.xpos_zeta, self.xpos_scale_base
+        if zeta is None or scale_base is None:
+            raise ValueError("RotaryEmbedding: xPos scales need xpos_scale_base (built without)")
+        power = (positions - center).to(zeta.dtype) / scale_base
+        scale = zeta ** power.unsqueeze(-1).unsqueeze(1)  # (b|1, 1, n, r/2)
         return scale, scale.reciprocal()
 
     def forward(
