@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -188,3 +189,30 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"anyformer: error: config file '{file}' is not UTF-8 text (byte 0xe9 at offset 15)\n"
     )
+
+
+def test_none_resets_a_model_keyword_to_the_librarys_default(tmp_path):
+    config, model = resolve("attn_dim_head=none")  # the default preset sets 32
+    assert "attn_dim_head" not in model
+    assert check_model(config, model)["attn_layers"]["attention"]["dim_head"] == 64  # library's
+    file = tmp_path / "run.yaml"
+    file.write_text("model:\n  ff_mult: null\n")  # YAML's null is none too
+    config, model = resolve(config=str(file))
+    assert "ff_mult" not in model
+    assert check_model(config, model)["attn_layers"]["feedforward"]["mult"] == 4.0
+
+
+def test_a_model_table_says_which_preset_keys_it_keeps(tmp_path, capsys):
+    file = tmp_path / "run.toml"
+    file.write_text("steps = 1\n[model]\ndim = 32\ndepth = 1\nheads = 2\n")
+    args = ["train", "--config", str(file), "ff_mult=2", "seq_len=16", "batch_size=2"]
+    args += ["eval_batches=1", "sample_len=0", "max_bytes=5000", "threads=1"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 0
+    # the default preset's model keys the file and the overrides leave in place, named
+    assert (
+        "model: attn_dim_head=32, rotary_pos_emb=true, ff_glu=true, ff_swish=true, "
+        f"attn_flash=true from the preset 'default' ({file} does not set them; set one to none "
+        "for the library's default)\n"
+    ) in capsys.readouterr().out
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["model"]["attn_dim_head"] == 32 and run["model"]["ff_mult"] == 2

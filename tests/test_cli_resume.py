@@ -179,3 +179,26 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
     state = torch.load(checkpoint / STATE_NAME, weights_only=True)
     assert state["step"] == step
     assert not (out / ".anyformer.lock").exists()  # Ctrl-C released the run folder's lock
+
+
+def test_resume_with_no_steps_left_is_refused_saying_so(tmp_path, capsys):
+    assert main(["train", *SMALL, "steps=4", "--out", str(tmp_path / "r")]) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for steps in ("steps=4", "steps=3"):
+        assert main(["train", "--resume", str(tmp_path / "r"), steps, "--quiet"]) == 2
+        checkpoint = tmp_path / "r" / "checkpoints" / "step_0000004"
+        assert capsys.readouterr().err == (
+            f"anyformer: error: nothing to do: the checkpoint '{checkpoint}' is at step 4 and "
+            f"steps is {steps[6:]}; give steps=N with N > 4 to train further\n"
+        )
+    after = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert after == before  # nothing written, not even the log
+
+
+def test_load_pretrained_takes_a_run_folder_as_its_newest_checkpoint(tmp_path):
+    assert main(["train", *SMALL, "steps=8", "--out", str(tmp_path / "r")]) == 0
+    from_run = load_pretrained(tmp_path / "r").net.state_dict()
+    newest = weights(tmp_path / "r" / "checkpoints" / "step_0000008")
+    assert set(from_run) == set(newest)
+    assert all(torch.equal(from_run[name], newest[name]) for name in newest)

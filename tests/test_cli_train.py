@@ -16,6 +16,7 @@ from anyformer.cli.checkpoint import STATE_NAME, list_checkpoints
 from anyformer.cli.main import main
 from anyformer.cli.sampling import can_cache
 from anyformer.data import load_splits
+from anyformer.quantize import prepare_for_decoding
 
 TINY = ["--preset", "tiny", "threads=1", "attn_flash=true"]
 
@@ -94,6 +95,43 @@ def test_generate_equals_library_generate(run):
     )  # fmt: skip
     text = "import os\n" + bytes(expected.tolist()).decode("utf-8", errors="replace") + "\n"
     assert proc.stdout == text
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype", "quantize"),
+    [(["--dtype", "bf16"], "bf16", None), (["--quantize", "int4"], None, "int4")],
+)
+def test_generate_decodes_in_the_format_asked(run, capsys, flags, dtype, quantize):
+    out, _ = run
+    args = [
+        "generate",
+        str(out),
+        "--prompt",
+        "def ",
+        "--max-new-tokens",
+        "24",
+        "--temperature",
+        "0",
+    ]
+    assert main([*args, "--device", "cpu", *flags]) == 0
+    printed = capsys.readouterr().out
+    lm = load_pretrained(out / "checkpoints" / "step_0000030")
+    plain = lm.generate(torch.tensor(list(b"def ")), 24, temperature=0.0)
+    low = prepare_for_decoding(lm, dtype, quantize)
+    expected = low.generate(torch.tensor(list(b"def ")), 24, temperature=0.0)
+    assert printed == "def " + bytes(expected.tolist()).decode("utf-8", errors="replace") + "\n"
+    # the weights really were converted: the converted copy's logits differ from fp32's
+    x = torch.tensor([list(b"def x(a, b):")])
+    assert not torch.equal(low(x).float(), lm(x))
+    assert plain.shape == expected.shape
+
+
+def test_generate_refuses_an_unknown_format(run, capsys):
+    out, _ = run
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(out), "--quantize", "int3"])
+    assert e.value.code == 2
+    assert "argument --quantize: invalid choice: 'int3' (choose from" in capsys.readouterr().err
 
 
 def test_generate_repeats_the_runs_sample(run, capsys):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -25,6 +24,7 @@ from torch import nn
 
 from ..serialization import CONFIG_NAME, load_pretrained, read_config, save_pretrained
 from .errors import CLIError
+from .layout import CHECKPOINTS, STATE_NAME, list_checkpoints, newest_checkpoint
 from .manifest import Manifest, atomic_save, atomic_write_text, make_temp_dir, temp_name
 
 __all__ = [
@@ -33,14 +33,13 @@ __all__ = [
     "checkpoint_problem",
     "list_checkpoints",
     "load_state",
+    "newest_checkpoint",
     "resolve_model_dir",
     "resume_checkpoint",
     "run_dir_of",
     "write_checkpoint",
 ]
 
-CHECKPOINTS = "checkpoints"
-STATE_NAME = "trainer_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -59,7 +58,6 @@ STATE_KEYS = (
     "sampler",
     "rng",
 )
-_STEP = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -71,19 +69,6 @@ def _delay() -> None:
     seconds = float(os.environ.get(DELAY_ENV, "0") or 0)
     if seconds > 0:
         time.sleep(seconds)
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first, as (step, folder)."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = _STEP.match(entry.name)
-        if match and entry.is_dir() and (entry / STATE_NAME).is_file():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
 
 
 def _remove(folder: Path, manifest: Manifest) -> None:
@@ -234,7 +219,7 @@ def resume_checkpoint(path: str | os.PathLike) -> Path:
             return p
         raise CLIError(f"cannot resume from '{p}': {problem}", exit_code=1)
     resolve_model_dir(path)  # the one-line errors for a path that is no run at all
-    skipped = []
+    skipped: list[tuple[Path, str]] = []
     for _, checkpoint in reversed(list_checkpoints(p)):
         problem = checkpoint_problem(checkpoint)
         if problem is None:

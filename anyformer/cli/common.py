@@ -13,10 +13,11 @@ from .checkpoint import TRAIN_CONFIG_NAME, resolve_model_dir
 from .config import TrainConfig
 from .distributed import resolve_device
 from .errors import CLIError
+from .model import net_of
 
 BYTE_VOCAB = 256
 
-__all__ = ["load_model", "none_or", "require_bytes", "saved_train_config"]
+__all__ = ["load_model", "model_max_len", "require_bytes", "saved_train_config"]
 
 
 def load_model(path: str, device: str = "auto") -> tuple[Path, nn.Module]:
@@ -24,9 +25,8 @@ def load_model(path: str, device: str = "auto") -> tuple[Path, nn.Module]:
     from .. import AutoregressiveWrapper
 
     folder = resolve_model_dir(path)
-    device = resolve_device(device)
     try:
-        model = load_pretrained(folder, device=device)
+        model = load_pretrained(folder, device=resolve_device(device))
     except CLIError:
         raise
     except ValueError as e:  # the library names the file and the problem
@@ -42,9 +42,9 @@ def load_model(path: str, device: str = "auto") -> tuple[Path, nn.Module]:
 
 def require_bytes(folder: Path, lm: nn.Module, command: str) -> None:
     """The byte commands need a model with a token per byte in and out, and no extra inputs."""
-    config = lm.net.config_dict()
+    config = net_of(lm).config_dict()
     num_tokens = config.get("num_tokens")
-    logits = config.get("logits_dim") or num_tokens
+    logits: Any = config.get("logits_dim") or num_tokens
     if not isinstance(num_tokens, int) or num_tokens < BYTE_VOCAB or logits < BYTE_VOCAB:
         raise CLIError(
             f"anyformer {command} reads and writes bytes, so it needs a model of at least "
@@ -68,16 +68,6 @@ def saved_train_config(folder: Path) -> TrainConfig | None:
         return TrainConfig(**data)
     except (KeyError, TypeError, ValueError, CLIError) as e:
         raise CLIError(f"{file}: unreadable training configuration ({e})", exit_code=1) from e
-
-
-def none_or(kind: type) -> Any:
-    """argparse type: ``none`` -> None, else ``kind(text)``."""
-
-    def convert(text: str) -> Any:
-        return None if text.strip().lower() in ("none", "null", "off") else kind(text)
-
-    convert.__name__ = kind.__name__
-    return convert
 
 
 def model_max_len(model: nn.Module) -> int:

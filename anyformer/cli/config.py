@@ -97,6 +97,23 @@ class TrainConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise CLIError(f"threads must be >= 1, got {self.threads}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise CLIError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**63:
+            raise CLIError(f"seed must be in [0, 2**63), got {self.seed}")
+        self._check_sampling()
+
+    def _check_sampling(self) -> None:
+        """The final sample's options, checked before training rather than after it."""
+        if self.top_k is not None and self.top_k < 1:
+            raise CLIError(f"top_k must be >= 1 or none, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise CLIError(f"top_p must be in (0, 1] or none, got {self.top_p}")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise CLIError(f"min_p must be in [0, 1] or none, got {self.min_p}")
+        if self.sample_len > 0 and not self.prompt:
+            raise CLIError("prompt must not be empty (or set sample_len=0 for no sample)")
 
     @property
     def warmup_steps(self) -> int:
@@ -162,10 +179,9 @@ def wrapper_keys() -> tuple[str, ...]:
 
 def split_model_keywords(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """-> (TransformerWrapper keywords, Decoder keywords)."""
-    keys = set(wrapper_keys())
-    wrapper = {k: v for k, v in model.items() if k in keys}
-    stack = {k: v for k, v in model.items() if k not in keys}
-    return wrapper, stack
+    from ..config.wrapper import split_keywords
+
+    return split_keywords(model, wrapper_keys())
 
 
 def config_keys() -> dict[str, str]:

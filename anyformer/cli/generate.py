@@ -11,9 +11,11 @@ import argparse
 import sys
 from typing import Any
 
-from .common import load_model, none_or, require_bytes, saved_train_config
+from ..quantize import DTYPES, METHODS, prepare_for_decoding
+from .common import load_model, require_bytes, saved_train_config
 from .config import TrainConfig
 from .errors import CLIError
+from .options import int_at_least, non_empty, number_in, optional, seed
 from .sampling import SamplingOptions, stream_bytes
 
 __all__ = ["add_parser", "run"]
@@ -31,14 +33,38 @@ def add_parser(sub: Any, formatter: type) -> None:
         formatter_class=formatter,
     )
     p.add_argument("dir", metavar="DIR", help="run folder (its newest checkpoint) or model folder")
-    p.add_argument("--prompt", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, metavar="N", help="bytes to generate")
-    p.add_argument("--temperature", type=float, metavar="T", help="0 is greedy")
-    p.add_argument("--top-k", type=none_or(int), metavar="K", help="keep the K likeliest bytes")
-    p.add_argument("--top-p", type=none_or(float), metavar="P", help="nucleus threshold")
-    p.add_argument("--min-p", type=none_or(float), metavar="P", help="min-p threshold")
-    p.add_argument("--seed", type=int, help="seed of the sampling generator")
+    p.add_argument("--prompt", type=non_empty, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), metavar="N", help="bytes to generate")
+    p.add_argument("--temperature", type=number_in(0, None), metavar="T", help="0 is greedy")
+    p.add_argument(
+        "--top-k", type=optional(int_at_least(1)), metavar="K", help="keep the K likeliest bytes"
+    )
+    p.add_argument(
+        "--top-p",
+        type=optional(number_in(0, 1, low_open=True)),
+        metavar="P",
+        help="nucleus threshold, in (0, 1] (https://arxiv.org/abs/1904.09751)",
+    )
+    p.add_argument(
+        "--min-p",
+        type=optional(number_in(0, 1)),
+        metavar="P",
+        help="min-p threshold, in [0, 1] (https://arxiv.org/abs/2407.01082)",
+    )
+    p.add_argument("--seed", type=seed, help="seed of the sampling generator, in [0, 2**63)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="decode with the weights in this float format (bf16: half the bytes; the saved "
+        "model is not changed)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=METHODS,
+        help="decode with weight-only int8 (per row) or int4 (groups of 32) linear maps: int4 is "
+        "the fastest on CPU, int8 only saves memory",
+    )
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -48,6 +74,7 @@ def _pick(value: Any, default: Any) -> Any:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     folder, lm = load_model(args.dir, args.device)
     require_bytes(folder, lm, "generate")
+    lm = prepare_for_decoding(lm, args.dtype, args.quantize)
     saved = saved_train_config(folder) or TrainConfig()
     filters_given = any(arg.split("=")[0] in ("--top-k", "--top-p", "--min-p") for arg in argv)
     source = args if filters_given else saved  # a filter given replaces the run's set
@@ -59,12 +86,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     )
     prompt = _pick(args.prompt, saved.prompt)
     n = _pick(args.max_new_tokens, saved.sample_len)
-    if n < 1:
-        raise CLIError(f"--max-new-tokens must be >= 1, got {n}")
-    if options.temperature < 0:
-        raise CLIError(f"--temperature must be >= 0, got {options.temperature}")
-    if not prompt:
-        raise CLIError("--prompt must not be empty")
+    if n < 1:  # the run's sample_len may be 0
+        raise CLIError(f"--max-new-tokens must be >= 1, got {n} (the run's sample_len)")
     sys.stdout.write(prompt)
     sys.stdout.flush()
     try:

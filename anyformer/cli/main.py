@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from . import evaluate, generate, info, train
 from .errors import CLIError
+from .launch import reexec_passive
 
 __all__ = ["build_parser", "main"]
 
@@ -78,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (``train`` re-executes itself once with the fast OpenMP
+    setting, see :mod:`anyformer.cli.launch`)."""
+    reexec_passive(sys.argv[1:])
     sys.exit(main())
 
 

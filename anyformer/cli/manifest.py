@@ -48,7 +48,7 @@ def is_temporary(name: str) -> bool:
     return _TEMP.match(name) is not None
 
 
-def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_save(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` to a temporary beside ``path``, flush it, rename it onto ``path``."""
     tmp = path.with_name(temp_name(path.name))
     try:
@@ -79,7 +79,7 @@ def clean_temporaries(folder: Path, before: float) -> list[Path]:
 
     Only names made by :func:`temp_name` are touched; hidden folders such as ``.git`` stay.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(folder.iterdir())
     except OSError:
@@ -127,7 +127,7 @@ class Manifest:
         checkpoints, files = data.get("checkpoints"), data.get("files")
         if not _names(checkpoints) or not _names(files):
             raise CLIError(f"{file}: corrupt run manifest (lists of names expected)", exit_code=1)
-        return cls(run_dir, list(checkpoints), list(files))
+        return cls(run_dir, list(checkpoints or []), list(files or []))
 
     def write(self) -> None:
         data = {"kind": KIND, "checkpoints": sorted(set(self.checkpoints)), "files": self.files}

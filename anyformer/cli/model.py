@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
@@ -12,7 +12,10 @@ from ..data.corpus import VOCAB_SIZE
 from .config import TRAIN_KEYS, TrainConfig, split_model_keywords, wrapper_keys
 from .errors import CLIError
 
-__all__ = ["build_model", "check_model", "model_keywords"]
+if TYPE_CHECKING:
+    from ..wrappers.transformer import TransformerWrapper
+
+__all__ = ["build_model", "check_model", "model_keywords", "net_of"]
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 _DID_YOU_MEAN = re.compile(r" Did you mean '([^']+)'\?")
@@ -79,9 +82,14 @@ def build_model(config: TrainConfig, model: dict[str, Any]) -> nn.Module:
 
 def check_model(config: TrainConfig, model: dict[str, Any]) -> dict[str, Any]:
     """Build the model (keyword errors raise CLIError) and return its ``config_dict()``."""
-    return build_model(config, model).net.config_dict()
+    return net_of(build_model(config, model)).config_dict()
 
 
 def count_parameters(module: nn.Module) -> int:
     """Parameters counted once (tied weights once)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def net_of(lm: nn.Module) -> TransformerWrapper:
+    """The ``TransformerWrapper`` inside a language model (``AutoregressiveWrapper.net``)."""
+    return cast("TransformerWrapper", lm.net)

@@ -4,11 +4,16 @@ Layers apply in this order, later ones winning: the preset (``default`` unless `
 the config file (``--config``), the ``key=value`` arguments, then explicit flags (``--data``).
 A layer is a mapping of keys; ``model`` may hold a table of model keywords, ``model.KEY`` names
 one, and any key that is not a training option is a model keyword.
+
+Model keywords merge key by key, like every key (a config file's ``[model]`` table too: it adds
+to the preset's, and ``anyformer train`` names the preset keys it keeps); a model keyword set to
+``none`` is reset: it is dropped, so the library's default applies.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import typing
 from collections.abc import Mapping, Sequence
@@ -133,9 +138,7 @@ def _read_yaml(path: Path) -> Any:
 def _toml_module(path: Path) -> Any:
     """tomllib (Python >= 3.11), else the tomli package it came from."""
     try:
-        import tomllib
-
-        return tomllib
+        return importlib.import_module("tomllib")
     except ImportError:  # Python 3.10
         try:
             import tomli
@@ -186,7 +189,8 @@ def _normalise(data: Mapping[str, Any], source: str) -> Layer:
 
 
 def merge_layers(*layers: Mapping[str, Any]) -> Layer:
-    """Later layers win; ``model`` tables merge key by key."""
+    """Later layers win; ``model`` tables merge key by key; a model keyword set to None
+    (``none``) is dropped, so the library's default applies."""
     out: Layer = {"model": {}}
     for layer in layers:
         for key, value in layer.items():
@@ -194,6 +198,7 @@ def merge_layers(*layers: Mapping[str, Any]) -> Layer:
                 out["model"].update(value)
             else:
                 out[key] = value
+    out["model"] = {k: v for k, v in out["model"].items() if v is not None}
     return out
 
 
@@ -222,6 +227,21 @@ def resolve_layers(
     layers.append(parse_overrides(overrides))
     layers.append({k: v for k, v in flags.items() if v is not None})
     return merge_layers(*layers)
+
+
+def kept_preset_keys(
+    preset_name: str | None, config_file: str | None, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """The preset's model keywords a config file that sets model keywords leaves in place (none
+    set by the file or a ``key=value``): empty without such a file."""
+    if not config_file:
+        return {}
+    given = load_config_file(config_file).get("model", {})
+    if not given:
+        return {}
+    later = set(given) | set(parse_overrides(overrides).get("model", {}))
+    base = preset(preset_name or "default")["model"]
+    return {k: v for k, v in base.items() if k not in later}
 
 
 def train_config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import CLIError
+from .hints import command, shell_path
 from .lock import LOCK_NAME, RunLock
 from .manifest import MANIFEST_NAME, Manifest, clean_temporaries, is_temporary, temp_name
 
@@ -82,7 +83,11 @@ def check_target(out: Path, resumed: Path | None) -> None:
     if not entries or (entries == [MANIFEST_NAME] and _empty_run(out)):
         return
     if resumed is None:  # a run (_check_foreign refused anything else)
-        raise CLIError(f"'{out}' already holds a run: resume it with --resume {out}")
+        raise CLIError(
+            f"'{out}' already holds a run: continue it with {command()} train --resume "
+            f"{shell_path(out)}, or start afresh with --out NEW_FOLDER (or without --out, "
+            "which makes a new runs/<timestamp>)"
+        )
     raise CLIError(
         f"--out '{out}' holds another run: a run resumed from '{resumed}' goes into that run "
         "folder itself or a new or empty one"

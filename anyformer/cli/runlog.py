@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .manifest import atomic_write_text, temp_name
 
@@ -62,7 +62,7 @@ class RunLog:
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
         self.enabled = enabled
-        self._file = None
+        self._file: TextIO | None = None
 
     def truncate_after(self, step: int) -> None:
         """Keep only records up to ``step`` (resuming from a checkpoint taken at ``step``)."""

@@ -77,11 +77,12 @@ def _run(
     generator: torch.Generator,
     emit: Callable[[int], None],
 ) -> None:
-    net = lm.net
+    net: nn.Module = getattr(lm, "net")  # noqa: B009 - typed as a module, not a tensor
     filter_fn = build_filter(options, getattr(net, "num_tokens", BYTE_VOCAB))
     cache_kv = can_cache(net, len(prompt) + n)
-    if hasattr(lm, "stream"):
-        for token in lm.stream(
+    stream = getattr(lm, "stream", None)
+    if stream is not None:
+        for token in stream(
             prompt, n, temperature=options.temperature, filter_logits_fn=filter_fn,
             generator=generator, cache_kv=cache_kv,
         ):  # fmt: skip
@@ -89,7 +90,8 @@ def _run(
         return
     relay = _Relay(filter_fn, options.temperature, generator, emit)
     throwaway = torch.Generator(device=prompt.device).manual_seed(0)
-    lm.generate(
+    generate: Callable[..., Tensor] = getattr(lm, "generate")  # noqa: B009
+    generate(
         prompt, n, temperature=1.0, filter_logits_fn=relay, generator=throwaway, cache_kv=cache_kv
     )
 
