@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["KVCache", "LayerKVCache"]
+__all__ = ["KVCache", "LayerKVCache", "StaticCache", "StaticLayerCache"]
 
 
 class LayerKVCache:
@@ -36,22 +36,24 @@ class LayerKVCache:
         """Self-attention: write new k/v at the parent's length; return all keys/values so far."""
         start, n = self.parent.length, k.shape[-2]
         end = start + n
-        if self.k is None or end > self.k.shape[-2]:
-            self._grow(k, v, end)
+        buf_k, buf_v = self.k, self.v
+        if buf_k is None or buf_v is None or end > buf_k.shape[-2]:
+            buf_k, buf_v = self._grow(k, v, end)
         # narrow + copy_: the plain-tensor calls (tuple indexing costs more per decode step)
-        self.k.narrow(2, start, n).copy_(k)
-        self.v.narrow(2, start, n).copy_(v)
-        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
+        buf_k.narrow(2, start, n).copy_(k)
+        buf_v.narrow(2, start, n).copy_(v)
+        return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end)
 
-    def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
+    def _grow(self, k: Tensor, v: Tensor, needed: int) -> tuple[Tensor, Tensor]:
         old = 0 if self.k is None else self.k.shape[-2]
         capacity = max(needed, self.parent.capacity or 0, 2 * old)
         new_k = k.new_zeros(*k.shape[:2], capacity, k.shape[-1])
         new_v = v.new_zeros(*v.shape[:2], capacity, v.shape[-1])
-        if self.k is not None:
+        if self.k is not None and self.v is not None:
             new_k[:, :, :old] = self.k
             new_v[:, :, :old] = self.v
         self.k, self.v = new_k, new_v
+        return new_k, new_v
 
 
 class KVCache:
@@ -146,7 +148,7 @@ class KVCache:
                 f"KVCache.reorder: batch_indices must be a 1-D integer tensor, got {got}"
             )
         for layer in self.layers:
-            if layer.k is None:
+            if layer.k is None or layer.v is None:
                 continue
             if layer.is_cross or layer.k.shape[0] != batch_indices.shape[0]:
                 layer.k, layer.v = layer.k[batch_indices], layer.v[batch_indices]
@@ -180,3 +182,126 @@ class KVCache:
         if self.key_mask is not None:
             self.key_mask[:, length : self.length] = True
         self.length = length
+
+
+class StaticLayerCache:
+    """Keys and values of one self-attention layer in a :class:`StaticCache`: fixed
+    (b, kv_heads, max_len, d) buffers, written in place, read back whole."""
+
+    is_cross = False
+    filled = True
+
+    def __init__(self, parent: StaticCache, k: Tensor, v: Tensor) -> None:
+        self.parent = parent
+        self.k, self.v = k, v
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Prefill: write the n new columns at 0..n-1 and return them (causal attention over the
+        prompt). Decode: write row r's one new column at ``parent.write_index[r]`` and return
+        the whole buffers (the parent's key mask hides the columns not yet written)."""
+        if self.parent.prefilling:
+            n = k.shape[-2]
+            self.k.narrow(2, 0, n).copy_(k)
+            self.v.narrow(2, 0, n).copy_(v)
+            return k, v
+        index = self.parent.write_index.view(-1, 1, 1, 1)
+        self.k.scatter_(2, index.expand_as(k), k)
+        self.v.scatter_(2, index.expand_as(v), v)
+        return self.k, self.v
+
+
+class StaticCache:
+    """A KV cache whose shapes never change, for compiled decoding (``generate(compile=True)``).
+
+    Every self-attention slot owns (batch, kv_heads, max_len, dim_head) key/value buffers
+    allocated once. A prefill call (:meth:`begin_prefill`) writes the (right-padded) prompt at
+    columns 0..n-1 and attends causally over those n columns. A decode call
+    (:meth:`begin_decode` with each row's position, a (b,) tensor) writes the new token's
+    keys/values at that column (``scatter_``) and attends over the whole buffer through a key
+    mask of the columns <= that position; column c holds position c, so rotary and ALiBi
+    positions come from position tensors and no shape depends on the step. Columns a
+    right-padded row's prefill wrote past its prompt are overwritten by its own tokens before
+    they become visible.
+
+    The stack sees a cache of ``length`` 0 that never advances: every decode call must pass
+    the rows' positions (``pos``), which is what :mod:`anyformer.generation.compiled` does.
+    """
+
+    length = 0
+    num_prepended = 0
+    seq_start_pos = None
+    context_mask = None
+    context_len = 0
+    xpos_center = None
+
+    def __init__(
+        self,
+        batch: int,
+        max_len: int,
+        shapes: list[tuple[int, int, int]],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        """``shapes``: (kv_heads, dim_head, value_dim) of every self-attention slot, in slot
+        order; ``max_len``: the columns of every buffer (prompt bucket + new tokens)."""
+        if batch < 1 or max_len < 1:
+            raise ValueError(
+                f"StaticCache: batch and max_len must be >= 1, got batch={batch}, max_len={max_len}"
+            )
+        self.max_len = max_len
+        self.prefilling = True
+        self.key_positions: Tensor | None = None  # None while prefilling (counted positions)
+        self.columns = torch.arange(max_len, device=device)
+        self.write_index = torch.zeros(batch, dtype=torch.long, device=device)
+        self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.layers = [
+            StaticLayerCache(
+                self,
+                torch.zeros(batch, h, max_len, d, dtype=dtype, device=device),
+                torch.zeros(batch, h, max_len, dv, dtype=dtype, device=device),
+            )
+            for h, d, dv in shapes
+        ]
+
+    def buffers(self) -> list[Tensor]:
+        """Every tensor a decode step writes in place (CUDA graphs keep their addresses)."""
+        kv = [t for layer in self.layers for t in (layer.k, layer.v)]
+        return [*kv, self.write_index, self.key_mask]
+
+    def begin_prefill(self) -> None:
+        """The next call runs the prompts (right-padded, from column 0)."""
+        self.prefilling, self.key_positions = True, None
+
+    def begin_decode(self) -> None:
+        """The next calls each add one token per row at the position given by :meth:`at`."""
+        self.prefilling, self.key_positions = False, self.columns.unsqueeze(0)
+
+    def at(self, pos: Tensor) -> None:
+        """Decode: this step's token of row r goes to column ``pos[r]`` and sees columns
+        0..pos[r] (in place: traceable, the buffers keep their addresses)."""
+        self.write_index.copy_(pos)
+        self.key_mask.copy_(self.columns <= pos.unsqueeze(-1))
+
+    def layer(self, index: int, is_cross: bool) -> StaticLayerCache:
+        """The buffers of self-attention slot `index` (cross-attention has none here)."""
+        if is_cross or index >= len(self.layers):
+            raise ValueError(
+                f"StaticCache: slot {index} ({'cross' if is_cross else 'self'}-attention) is not "
+                f"one of its {len(self.layers)} self-attention slots"
+            )
+        return self.layers[index]
+
+    def extend_mask(
+        self, new_mask: Tensor | None, batch: int, n: int, device: torch.device
+    ) -> Tensor | None:
+        """Prefill: the prompts' own mask (None: causal only); decode: the mask of the
+        written columns (the new token's included)."""
+        return new_mask if self.prefilling else self.key_mask
+
+    def extend_positions(self, positions: Tensor, n: int) -> Tensor:
+        """The positions of the keys attended: the new rows' (prefill), every column's
+        (decode: column c holds position c)."""
+        return positions if self.key_positions is None else self.key_positions
+
+    def advance(self, n: int) -> None:
+        """Nothing: the columns written are given by positions, not counted."""

@@ -7,14 +7,19 @@ For a table of configurations it checks, on CUDA:
 - a training step under bfloat16 autocast gives a finite loss and finite gradients.
 
 It prints one line per check and exits non-zero if any fails. It needs no x-transformers.
+``--dry-run`` runs the same checks on the CPU with tiny shapes (a few seconds; float16 and
+bfloat16 autocast run on the CPU too), and skips the speed lines.
 
-    python benchmarks/cuda_check.py
+    python benchmarks/cuda_check.py              # on a GPU
+    python benchmarks/cuda_check.py --dry-run    # anywhere
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,12 +42,29 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "xpos-partial": dict(rotary_pos_emb=True, rotary_xpos=True, rotary_emb_dim=16),
 }
 
+
+@dataclass(frozen=True)
+class Sizes:
+    """The shapes the checks run at."""
+
+    dim: int = 256
+    depth: int = 4
+    heads: int = 8
+    vocab: int = 512
+    seq: int = 200
+    new_tokens: int = 48
+
+
+FULL, TINY = Sizes(), Sizes(dim=64, depth=2, heads=4, vocab=64, seq=24, new_tokens=12)
 FAILED: list[str] = []
-DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # "cpu" for a dry run of the script
+RESULTS: list[tuple[str, bool, str]] = []  # (check, passed, detail) of the last run
+DEVICE = "cuda"
+SIZES = FULL
 
 
 def report(name: str, ok: bool, detail: str) -> None:
     print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    RESULTS.append((name, ok, detail))
     if not ok:
         FAILED.append(name)
 
@@ -51,11 +73,16 @@ def build(options: dict[str, Any], flash: bool, causal: bool = True) -> Transfor
     torch.manual_seed(0)
     stack = Decoder if causal else Encoder
     return TransformerWrapper(
-        num_tokens=512,
+        num_tokens=SIZES.vocab,
         max_seq_len=256,
         use_abs_pos_emb=not any(k.startswith(("rotary", "alibi", "rel_pos")) for k in options),
         attn_layers=stack(
-            dim=256, depth=4, heads=8, attn_kernel="auto" if flash else "explicit", **options
+            dim=SIZES.dim,
+            depth=SIZES.depth,
+            heads=SIZES.heads,
+            attn_dim_head=SIZES.dim // SIZES.heads,
+            attn_kernel="auto" if flash else "explicit",
+            **options,
         ),
     )
 
@@ -64,11 +91,13 @@ def check_paths(name: str, options: dict[str, Any]) -> None:
     fused = build(options, flash=True).to(DEVICE).eval()
     explicit = build(options, flash=False).to(DEVICE).eval()
     explicit.load_state_dict(fused.state_dict())
-    x = torch.randint(0, 512, (4, 200), device=DEVICE)
-    mask = torch.ones(4, 200, dtype=torch.bool, device=DEVICE)
-    mask[1, 150:] = False
+    n = SIZES.seq
+    x = torch.randint(0, SIZES.vocab, (4, n), device=DEVICE)
+    mask = torch.ones(4, n, dtype=torch.bool, device=DEVICE)
+    mask[1, 3 * n // 4 :] = False
     for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)):
-        with torch.no_grad(), torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
+        autocast = torch.autocast(DEVICE.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+        with torch.no_grad(), autocast:
             a = fused(x, mask=mask).float()
             b = explicit(x, mask=mask).float()
         diff = (a - b)[mask].abs().max().item()
@@ -80,18 +109,22 @@ def check_paths(name: str, options: dict[str, Any]) -> None:
 def check_cache(name: str, options: dict[str, Any]) -> None:
     model = build(options, flash=True).to(DEVICE).eval()
     lm = AutoregressiveWrapper(model)
-    prompts = [torch.randint(1, 512, (n,), device=DEVICE) for n in (5, 17)]
-    cached = lm.generate(prompts, 48, temperature=0.0, cache_kv=True)
-    plain = lm.generate(prompts, 48, temperature=0.0, cache_kv=False)
+    prompts = [torch.randint(1, SIZES.vocab, (n,), device=DEVICE) for n in (5, 17)]
+    new = SIZES.new_tokens
+    cached = lm.generate(prompts, new, temperature=0.0, cache_kv=True)
+    plain = lm.generate(prompts, new, temperature=0.0, cache_kv=False)
+    assert isinstance(cached, torch.Tensor) and isinstance(plain, torch.Tensor)
     same = int((cached == plain).all(dim=1).sum())
-    report(f"{name}/cached-equals-uncached", same == 2, f"{same}/2 rows identical over 48 tokens")
+    report(
+        f"{name}/cached-equals-uncached", same == 2, f"{same}/2 rows identical over {new} tokens"
+    )
 
 
 def check_train(name: str, options: dict[str, Any]) -> None:
     model = build(options, flash=True).to(DEVICE).train()
     lm = AutoregressiveWrapper(model)
-    x = torch.randint(0, 512, (8, 257), device=DEVICE)
-    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+    x = torch.randint(0, SIZES.vocab, (8, SIZES.seq + 1), device=DEVICE)
+    with torch.autocast(DEVICE.split(":")[0], dtype=torch.bfloat16):
         loss = lm(x)
     loss.backward()
     grads_ok = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -111,9 +144,9 @@ def speed(options: dict[str, Any]) -> None:
     """Cached greedy tokens/s on CUDA, float32 and bfloat16 (for the note, not a check)."""
     model = build(options, flash=True).to(DEVICE).eval()
     lm = AutoregressiveWrapper(model)
-    prompt = torch.randint(1, 512, (8, 16), device=DEVICE)
+    prompt = torch.randint(1, SIZES.vocab, (8, 16), device=DEVICE)
     for dtype in (torch.float32, torch.bfloat16):
-        with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(DEVICE.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
             lm.generate(prompt, 16, temperature=0.0)
             sync()
             start = time.perf_counter()
@@ -123,10 +156,26 @@ def speed(options: dict[str, Any]) -> None:
         print(f"info cached generation b=8: {rate:,.0f} tokens/s ({str(dtype)[6:]})", flush=True)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("device", nargs="?", default="cuda", help="cuda (default), cuda:N or cpu")
+    p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, no speed lines")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.device = "cpu"
+    return args
+
+
+def run(argv: list[str] | None = None) -> list[tuple[str, bool, str]]:
+    """Run every check; -> (check, passed, detail) for each (also printed)."""
+    global DEVICE, SIZES
+    args = parse_args(argv)
+    DEVICE, SIZES = args.device, TINY if args.dry_run else FULL
+    FAILED.clear()
+    RESULTS.clear()
     if DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        print("no CUDA device: nothing to check")
-        return 0
+        print("no CUDA device: nothing to check (--dry-run checks on the CPU)")
+        return []
     where = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else DEVICE
     print(f"torch {torch.__version__} on {where}", flush=True)
     for name, options in CONFIGS.items():
@@ -136,9 +185,15 @@ def main() -> int:
             check_train(name, options)
         except Exception as error:  # report and go on: one line per failure
             report(f"{name}/error", False, f"{type(error).__name__}: {error}")
-    speed({})
-    speed(CONFIGS["llama"])
+    if not args.dry_run:
+        speed({})
+        speed(CONFIGS["llama"])
     print(f"{len(FAILED)} failed" if FAILED else "all CUDA checks passed", flush=True)
+    return list(RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(argv)
     return 1 if FAILED else 0
 
 

@@ -211,3 +211,21 @@ def test_a_cache_handed_to_the_user_runs_the_current_blocks(monkeypatch):
     with torch.no_grad():
         step = model(torch.randint(0, 40, (1, 1)), cache=inter.cache, input_not_include_cache=True)
     assert step.shape == (1, 1, 40) and seen == [1] and calls == [4, 1, 1]
+
+
+@pytest.mark.skipif(not lean.packed_bf16_supported(), reason="no native bf16 on this CPU")
+def test_a_bf16_stack_decodes_from_packed_copies_as_the_blocks_do(monkeypatch):
+    torch.manual_seed(6)
+    model = _model(rotary_pos_emb=True, use_rmsnorm=True, ff_glu=True).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loop = LeanLoop.build(model.attn_layers)
+    assert all(type(m) is lean._PackedBf16 for s in loop.steps for m in s.maps if m is not None)
+    prompts = torch.randint(0, 40, (1, 4))
+    tokens = AutoregressiveWrapper(model).generate(prompts, 70, temperature=0.0)  # copies pay
+    monkeypatch.setattr("anyformer.generation.session.attach", lambda *a, **k: False)
+    blocks = AutoregressiveWrapper(model).generate(prompts, 70, temperature=0.0)
+    assert torch.equal(tokens, blocks)
+    after = model.state_dict()
+    assert all(
+        torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in after
+    )

@@ -20,7 +20,9 @@ from .arguments import (
     check_real,
     check_token_id,
 )
+from .batched import shrinking_tokens
 from .beam_search import beam_search
+from .compiled import CompiledStepper, resolve_compile
 from .filters import FILTERS, resolve_filter, top_k
 from .finite import LogitGuard
 from .forgetful import forgetful_key_mask
@@ -29,13 +31,32 @@ from .options import WrapperOptions, parse_contrastive
 from .prompts import prepare_prompts
 from .sampling import Picker, stop_at_eos, trim_after_eos
 from .session import GenerationIntermediates, Session, eval_mode, unwrap
+from .signatures import keywords_of
 
 __all__ = ["AutoregressiveWrapper", "GenerationIntermediates"]
 
 _INIT_KEYWORDS = ["net", "ignore_index", "pad_value", "mask_prob", "add_attn_z_loss"]
 
+# the keywords generate and stream hand to the session under their own names
+_SAMPLING_KEYWORDS = (
+    "eos_token",
+    "temperature",
+    "prompt_lens",
+    "filter_logits_fn",
+    "amateur_model",
+    "filter_kwargs",
+    "contrastive_decode_kwargs",
+    "cache_kv",
+    "draft_model",
+    "draft_tokens",
+    "generator",
+    "compile",
+)
 
-class AutoregressiveWrapper(PretrainedMixin, nn.Module):
+
+class AutoregressiveWrapper(
+    PretrainedMixin, nn.Module, folder_wrapper=("ignore_index", "pad_value")
+):
     """Wraps a causal token model: ``forward`` gives the next-token loss, ``generate`` samples."""
 
     def __init__(
@@ -95,7 +116,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
             target = target.masked_fill(~mask[:, 1:], self.ignore_index)
             key_mask = mask[:, :-1]
         if self.training and self.mask_prob > 0:
-            hide = forgetful_key_mask(*inp.shape, self.mask_prob, x.device)
+            hide = forgetful_key_mask(inp.shape[0], inp.shape[1], self.mask_prob, x.device)
             key_mask = hide if key_mask is None else key_mask & hide
         z_loss = self.options.add_attn_z_loss  # the net returns it in its intermediates
         out = self.net(
@@ -110,7 +131,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         if prepend_embeds is not None:
             logits = logits[:, prepend_embeds.shape[1] :]
         loss = token_cross_entropy(logits, target, self.ignore_index)
-        if z_loss:
+        if z_loss and inter is not None:
             loss = loss + inter.attn_z_loss
         return (loss, (logits, inter)) if return_outputs else loss
 
@@ -152,6 +173,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         draft_model: nn.Module | None = None,
         draft_tokens: int = 4,
         generator: torch.Generator | None = None,
+        compile: bool | dict[str, Any] = False,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, GenerationIntermediates]:
         """Sample `seq_len` tokens after each prompt; returns only the new tokens (b, seq_len).
@@ -164,82 +186,61 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         decoding, ``draft_model`` speculative decoding with ``draft_tokens`` drafted per round.
         Other keywords (context, context_mask, prepend_embeds, ...) go to every model each step.
         Every keyword is checked before any model runs; logits holding NaN or ``+inf`` (or no
-        finite value) raise a ValueError naming the step.
+        finite value) raise a ValueError naming the step. ``compile=True`` (or a dict of
+        torch.compile keywords) decodes with compiled prefill and decode steps over a static
+        cache (``generation.compiled``; unsupported options warn once and decode eagerly).
         """
         check_flag("return_intermediates", return_intermediates)
-        session, squeeze = self._session(
-            prompts,
-            seq_len,
-            kwargs,
-            mode="generate",
-            eos_token=eos_token,
-            temperature=temperature,
-            prompt_lens=prompt_lens,
-            filter_logits_fn=filter_logits_fn,
-            restrict=restrict_to_max_seq_len,
-            amateur_model=amateur_model,
-            filter_kwargs=filter_kwargs,
-            contrastive_decode_kwargs=contrastive_decode_kwargs,
-            cache_kv=cache_kv,
-            draft_model=draft_model,
-            draft_tokens=draft_tokens,
-            generator=generator,
-        )
+        session, squeeze = self._sampling_session("generate", locals())
         with eval_mode(*session.models):
-            steps = list(stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=8))
+            shrink = not return_intermediates  # the returned cache keeps every row
+            steps = list(self._tokens(session, eos_token, check_every=8, shrink=shrink))
         session.pick.guard.verify()  # the steps since the last check
         out = trim_after_eos(torch.stack(steps, dim=1), eos_token)
         out = out[0] if squeeze else out
         return (out, session.intermediates()) if return_intermediates else out
 
     @torch.no_grad()
-    def stream(
-        self,
-        prompts: Tensor | Sequence[Tensor],
-        seq_len: int,
-        eos_token: int | None = None,
-        temperature: float = 1.0,
-        prompt_lens: Tensor | None = None,
-        filter_logits_fn: str | Callable[..., Tensor] | None = None,
-        restrict_to_max_seq_len: bool = True,
-        amateur_model: nn.Module | Sequence[nn.Module] | None = None,
-        filter_kwargs: dict[str, Any] | None = None,
-        contrastive_decode_kwargs: dict[str, float] | Sequence[dict[str, float]] | None = None,
-        cache_kv: bool = True,
-        draft_model: nn.Module | None = None,
-        draft_tokens: int = 4,
-        generator: torch.Generator | None = None,
-        **kwargs: Any,
-    ) -> Iterator[Tensor]:
-        """Like ``generate``, but yields each step's tokens (b,) (a scalar for a 1-D prompt) as
-        soon as they are made. It stops after the step where every row has emitted ``eos_token``;
-        the next step is computed only when the consumer asks for it. The keywords are checked
-        when the stream is created, before the first token is asked for."""
-        session, squeeze = self._session(
-            prompts,
-            seq_len,
-            kwargs,
-            mode="stream",
-            eos_token=eos_token,
-            temperature=temperature,
-            prompt_lens=prompt_lens,
-            filter_logits_fn=filter_logits_fn,
-            restrict=restrict_to_max_seq_len,
-            amateur_model=amateur_model,
-            filter_kwargs=filter_kwargs,
-            contrastive_decode_kwargs=contrastive_decode_kwargs,
-            cache_kv=cache_kv,
-            draft_model=draft_model,
-            draft_tokens=draft_tokens,
-            generator=generator,
-        )
-        return self._stream(session, eos_token, squeeze)
+    @keywords_of(generate, drop="return_intermediates")
+    def stream(self, args: dict[str, Any]) -> Iterator[Tensor]:
+        """Like ``generate`` (the same parameters but ``return_intermediates``), but yields each
+        step's tokens (b,) (a scalar for a 1-D prompt) as soon as they are made. It stops after
+        the step where every row has emitted ``eos_token``; the next step is computed only when
+        the consumer asks for it. The keywords are checked when the stream is created, before
+        the first token is asked for."""
+        session, squeeze = self._sampling_session("stream", args)
+        return self._stream(session, args["eos_token"], squeeze)
 
     @torch.no_grad()  # on a generator function: grad mode is off only while it runs
     def _stream(self, session: Session, eos_token: int | None, squeeze: bool) -> Iterator[Tensor]:
         with eval_mode(*session.models):
-            for token in stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every=1):
+            for token in self._tokens(session, eos_token, check_every=1, shrink=True):
                 yield token[0] if squeeze else token
+
+    def _tokens(
+        self, session: Session, eos_token: int | None, check_every: int, shrink: bool
+    ) -> Iterator[Tensor]:
+        """The session's tokens (b,) padded after eos; with `shrink`, plain sampling (neither
+        contrastive nor speculative) stops computing the rows that are done."""
+        plain = session.draft is None and not session.amateurs  # a compiled step keeps its rows
+        plain = plain and type(session.expert) is not CompiledStepper
+        if shrink and eos_token is not None and plain:
+            return shrinking_tokens(
+                session.expert, session.pick, session.seq_len, eos_token, self.pad_value,
+                stop_every=check_every,
+            )  # fmt: skip
+        return stop_at_eos(session.tokens(), eos_token, self.pad_value, check_every)
+
+    def _sampling_session(self, mode: str, args: dict[str, Any]) -> tuple[Session, bool]:
+        """The session of ``generate`` / ``stream`` from their arguments by name."""
+        return self._session(
+            args["prompts"],
+            args["seq_len"],
+            args["kwargs"],
+            mode=mode,
+            restrict=args["restrict_to_max_seq_len"],
+            **{name: args[name] for name in _SAMPLING_KEYWORDS},
+        )
 
     @torch.no_grad()
     def beam_search(
@@ -321,6 +322,7 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
         draft_model: nn.Module | None = None,
         draft_tokens: int = 4,
         default_filter: Callable[..., Tensor] | None = top_k,
+        compile: bool | dict[str, Any] = False,
     ) -> tuple[Session, bool]:
         """Check the arguments shared by every decoding mode and build the session."""
         num_tokens = getattr(self.net, "num_tokens", None)
@@ -350,13 +352,17 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
             self._check_speculative_window(prompts.shape[1] + seq_len, restrict, draft)
         guard = LogitGuard(mode, prompts.shape[1], lens, every=8 if mode == "generate" else 1)
         pick = Picker(temperature, filter_fn, filter_kwargs, generator, guard)
+        compiled = resolve_compile(
+            compile, self.net, cache_kv=cache_kv, partners=bool(amateurs), draft=draft is not None,
+            kwargs=kwargs, total=prompts.shape[1] + seq_len, restrict=restrict,
+        )  # fmt: skip
         session = Session(
             self.net,
             prompts,
             lens,
             seq_len,
             pick,
-            cache_kv=cache_kv,
+            cache_kv=cache_kv and compiled is None,
             restrict=restrict,
             pad_value=self.pad_value,
             kwargs=kwargs,
@@ -365,6 +371,9 @@ class AutoregressiveWrapper(PretrainedMixin, nn.Module):
             draft=draft,
             draft_tokens=draft_tokens,
         )
+        if compiled is not None:  # the expert decodes through compiled steps (static cache)
+            args = (self.net, prompts, lens, seq_len, None, kwargs)
+            session.expert = CompiledStepper(*args, options=compiled, pad_value=self.pad_value)
         return session, squeeze
 
     def _check_prompt_tokens(self, prompts: Tensor) -> None:

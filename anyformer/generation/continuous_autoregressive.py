@@ -10,14 +10,16 @@ from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..checks import check_mask, check_non_empty
-from ..serialization import PretrainedMixin, register_wrapper_class
+from ..serialization import PretrainedMixin
 from .arguments import check_flag, check_int
 from .session import eval_mode, warn_once
 
 __all__ = ["ContinuousAutoregressiveWrapper"]
 
 
-class ContinuousAutoregressiveWrapper(PretrainedMixin, nn.Module):
+class ContinuousAutoregressiveWrapper(
+    PretrainedMixin, nn.Module, folder_wrapper=("ignore_index", "pad_value")
+):
     """Wraps a causal ContinuousTransformerWrapper whose output width equals its input width."""
 
     def __init__(
@@ -98,8 +100,8 @@ class ContinuousAutoregressiveWrapper(PretrainedMixin, nn.Module):
                 if cached
                 else self._uncached(out, seq_len, kwargs)
             )
-        new = torch.cat(new, dim=1)
-        return new[0] if squeeze else new
+        joined = torch.cat(new, dim=1)
+        return joined[0] if squeeze else joined
 
     def _uncached(self, out: Tensor, seq_len: int, kwargs: dict[str, Any]) -> list[Tensor]:
         new = []
@@ -118,6 +120,3 @@ class ContinuousAutoregressiveWrapper(PretrainedMixin, nn.Module):
             last = self.net(last, cache=cache, input_not_include_cache=True, **kwargs)[:, -1:]
             new.append(last)
         return new
-
-
-register_wrapper_class(ContinuousAutoregressiveWrapper, ("ignore_index", "pad_value"))

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import torch
 from torch import Tensor, nn
 
 from ..cache import KVCache
@@ -87,10 +88,28 @@ def unwrap(model: nn.Module, name: str) -> nn.Module:
 
 
 def _forward(net: nn.Module) -> Callable[..., Any]:
-    """The net's forward; without re-validating inputs where the net allows it."""
+    """The net's forward; without re-validating inputs where the net allows it, and with fp32
+    logits for the sampler when the net computes in a 16-bit float format."""
+    forward: Callable[..., Any] = net
     if "check_inputs" in inspect.signature(net.forward).parameters:
-        return partial(net, check_inputs=False)
-    return net
+        forward = partial(net, check_inputs=False)
+    if _low_precision(net):
+        return partial(_fp32_logits, forward)
+    return forward
+
+
+def _low_precision(net: nn.Module) -> bool:
+    """Whether the net's first floating parameter is bf16 or fp16."""
+    for p in net.parameters():
+        if p.is_floating_point():
+            return p.dtype in (torch.bfloat16, torch.float16)
+    return False
+
+
+def _fp32_logits(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """forward(...), its logits cast to fp32 (sampling, filters and scores in fp32)."""
+    out = forward(*args, **kwargs)
+    return out.float() if isinstance(out, Tensor) and out.is_floating_point() else out
 
 
 @contextmanager
@@ -173,7 +192,7 @@ class Session:
 
     def tokens(self) -> Iterator[Tensor]:
         """The raw token stream (b,) per step; eos handling is the caller's."""
-        if self.draft is not None:
+        if self.draft is not None and self.stats is not None:  # (set together)
             return speculative_tokens(
                 self.expert, self.draft, self.pick, self.seq_len, self.draft_tokens, self.stats
             )

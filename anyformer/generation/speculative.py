@@ -81,6 +81,8 @@ def _verify(
         nxt = best
     else:
         p = pick.probs(target_logits)  # (b, k + 1, V)
+        if q is None:
+            raise RuntimeError("sampled speculative decoding needs the draft's probabilities")
         q = torch.cat((q, q.new_zeros(b, 1, q.shape[-1])), dim=1)  # no draft at index k
         p_d = p[:, :k].gather(-1, drafts[..., None])[..., 0]
         q_d = q[:, :k].gather(-1, drafts[..., None])[..., 0]

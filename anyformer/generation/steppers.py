@@ -57,6 +57,14 @@ class Stepper:
     def prompt_width(self) -> int:
         return self.prompts.shape[1]
 
+    def start(self) -> Tensor:
+        """Run the prompts; -> the logits of each row's next token (b, vocab)."""
+        raise NotImplementedError
+
+    def feed(self, tokens: Tensor) -> Tensor:
+        """Append (b, k) tokens; -> their logits (b, k, vocab)."""
+        raise NotImplementedError
+
     def _last_prompt_logits(self, logits: Tensor) -> Tensor:
         """The logits at each row's last prompt token."""
         if self.lens is None:
@@ -172,7 +180,8 @@ class UncachedStepper(Stepper):
         total = n + self.max_new
         self.tokens = self.prompts.new_full((b, total), pad_value)
         self.tokens[:, :n] = self.prompts
-        self.full_mask = self.full_pos = None
+        self.full_mask: Tensor | None = None  # (b, total): prompt padding hidden
+        self.full_pos: Tensor | None = None  # (b, total): each row's own positions
         if self.lens is not None:
             cols = torch.arange(total, device=self.prompts.device)
             self.full_mask = (cols < self.lens[:, None]) | (cols >= n)
@@ -182,11 +191,16 @@ class UncachedStepper(Stepper):
         """Logits of every column so far, each row seen through its own window."""
         cur = self.prompt_width + self.num_new
         tokens, mask, pos = self.tokens[:, :cur], None, None
-        if self.lens is not None:
+        if self.full_mask is not None and self.full_pos is not None:
             mask, pos = self.full_mask[:, :cur], self.full_pos[:, :cur]
         if self.window is not None and self.lens is None and cur > self.window:
             tokens = tokens[:, -self.window :]
-        elif self.window is not None and self.lens is not None:
+        elif (
+            self.window is not None
+            and self.lens is not None
+            and mask is not None
+            and pos is not None
+        ):
             # each row's window ends at its own last position, lens - 1 + num_new
             start = (self.lens - self.window + self.num_new).clamp(min=0).view(-1, 1)
             mask = mask & (pos >= start)
@@ -207,5 +221,5 @@ class UncachedStepper(Stepper):
     def reorder(self, rows: Tensor) -> None:
         super().reorder(rows)
         self.tokens = self.tokens[rows]
-        if self.full_mask is not None:
+        if self.full_mask is not None and self.full_pos is not None:
             self.full_mask, self.full_pos = self.full_mask[rows], self.full_pos[rows]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..checks import as_token_ids, check_non_empty, check_token_ids
-from ..serialization import PretrainedMixin, register_wrapper_class
+from ..serialization import PretrainedMixin
 from .arguments import (
     check_filter_kwargs,
     check_flag,
@@ -34,7 +34,9 @@ from .session import eval_mode
 __all__ = ["XLAutoregressiveWrapper"]
 
 
-class XLAutoregressiveWrapper(PretrainedMixin, nn.Module):
+class XLAutoregressiveWrapper(
+    PretrainedMixin, nn.Module, folder_wrapper=("ignore_index", "pad_value")
+):
     """Wraps a causal TransformerWrapper built with ``max_seq_len`` (the segment length) and
     ``max_mem_len`` (the memory kept per layer)."""
 
@@ -106,7 +108,7 @@ class XLAutoregressiveWrapper(PretrainedMixin, nn.Module):
             raise ValueError(
                 f"start_tokens must be (batch, t) or (t,) with t >= 1, got {tuple(start_tokens.shape)}"
             )
-        num_tokens = self.net.num_tokens
+        num_tokens = _int_attribute(self.net, "num_tokens")
         check_int("seq_len", seq_len, 1)
         check_token_id("eos_token", eos_token, num_tokens)
         check_flag("cache_kv", cache_kv)
@@ -121,7 +123,8 @@ class XLAutoregressiveWrapper(PretrainedMixin, nn.Module):
             guard,
         )
         with eval_mode(self.net):
-            steps = _Segments(self.net, prompts, mems, cache_kv and self.net.can_cache_kv, kwargs)
+            cached = cache_kv and bool(self.net.can_cache_kv)
+            steps = _Segments(self.net, prompts, mems, cached, kwargs)
             tokens = list(stop_at_eos(steps.tokens(pick, seq_len), eos_token, self.pad_value, 8))
         guard.verify()
         out = trim_after_eos(torch.stack(tokens, dim=1), eos_token)
@@ -160,7 +163,7 @@ class _Segments:
         kwargs: dict[str, Any],
     ) -> None:
         self.net, self.cached, self.kwargs = net, cached, kwargs
-        size = net.max_seq_len
+        self.max_seq_len = size = _int_attribute(net, "max_seq_len")
         *leading, current = prompts.split(size, dim=1)
         for chunk in leading:  # catch the memories up to the current segment
             _, mems = net(chunk, mems=mems, return_mems=True, **kwargs)
@@ -171,14 +174,14 @@ class _Segments:
     def _logits(self) -> Tensor:
         """Next-token logits (b, V) of the current segment; moves on when it is full."""
         net, segment = self.net, self.segment
-        if segment.shape[1] == net.max_seq_len:  # full: its memories are needed as a whole
+        if segment.shape[1] == self.max_seq_len:  # full: its memories are needed as a whole
             logits, new_mems = net(segment, mems=self.mems, return_mems=True, **self.kwargs)
             self.mems, self.segment, self.cache = new_mems, segment[:, :0], None
             return logits[:, -1]
         if not self.cached:
             return net(segment, mems=self.mems, **self.kwargs)[:, -1]
         if self.cache is None:
-            self.cache = KVCache(capacity=net.max_seq_len + _mem_len(self.mems))
+            self.cache = KVCache(capacity=self.max_seq_len + _mem_len(self.mems))
             return net(
                 segment,
                 mems=self.mems,
@@ -199,8 +202,10 @@ class _Segments:
             yield token
 
 
+def _int_attribute(net: nn.Module, name: str) -> int:
+    """An int the wrapped net holds (its vocabulary, its segment length)."""
+    return int(getattr(net, name))
+
+
 def _mem_len(mems: list[Tensor] | None) -> int:
     return 0 if not mems else mems[0].shape[1]
-
-
-register_wrapper_class(XLAutoregressiveWrapper, ("ignore_index", "pad_value"))
