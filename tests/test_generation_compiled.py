@@ -101,14 +101,17 @@ def test_generate_compiled_greedy_tokens_equal_eager(models, name):
     assert torch.equal(torch.stack(list(streamed), dim=1), plain)
 
 
-def test_inductor_greedy_tokens_and_logits_equal_eager():
-    """torch.compile's default backend (inductor) on a one-layer default decoder, batch 1."""
+def test_inductor_greedy_tokens_and_logits_equal_eager(monkeypatch):
+    """torch.compile's default backend (inductor) on a one-layer default decoder, batch 1, with
+    column-major weight copies (made here for a session of any length)."""
+    monkeypatch.setattr(compiled_module, "COPY_FROM_STEPS", 1)
     net = _model("default", seed=3, depth=1)
     torch.manual_seed(3)
     prompt = torch.randint(1, 64, (1, 6))
     with torch.no_grad():
         plain = CachedStepper(_forward(net), prompt, None, 8, None, {})
         fast = CompiledStepper(net, prompt, None, 8, None, {}, options={})
+        assert fast.weights and all(w.stride(0) == 1 for w in fast.weights.values())
         expected, got = plain.start(), fast.start()
         for _ in range(7):
             assert torch.allclose(got, expected, atol=1e-5, rtol=0)
@@ -182,7 +185,10 @@ def test_preset_prefill_and_decode_steps_are_one_graph(name):
         prefill = torch._dynamo.explain(_fresh(compiled_module._prefill))(net, cache, tokens, last)
         cache.begin_decode()
         token, pos = torch.randint(0, 64, (2, 1)), torch.tensor([16, 10])
-        decode = torch._dynamo.explain(_fresh(compiled_module._decode))(net, cache, token, pos)
+        copies = compiled_module.column_major(net, 2, compiled_module.COPY_FROM_STEPS)
+        assert copies  # the step multiplies by the column-major copies
+        explain = torch._dynamo.explain(_fresh(compiled_module._decode))
+        decode = explain(net, copies, cache, token, pos)
     for explained in (prefill, decode):
         assert (explained.graph_count, explained.graph_break_count) == (1, 0)
         assert [str(r.reason) for r in explained.break_reasons] == []
@@ -209,6 +215,8 @@ def test_a_truncated_stack_after_a_compiled_generate_is_followed():
     after = lm.generate(prompt, 8, temperature=0.0, compile=EAGER)
     assert torch.equal(after, lm.generate(prompt, 8, temperature=0.0))
     assert not torch.equal(after, before)
+    # decode steps after a session's first skip guards only inside the step: checked again here
+    assert torch._dynamo.eval_frame._stance.skip_guard_eval_unsafe is False
 
 
 def test_compiled_generate_leaves_the_model_unchanged():
@@ -222,6 +230,43 @@ def test_compiled_generate_leaves_the_model_unchanged():
         assert torch.equal(after[key], value) and after[key].stride() == stride
         assert after[key].dtype == dtype
     assert set(vars(net)) | {k for m in net.modules() for k in vars(m)} == attributes
+
+
+def test_column_major_copies_equal_the_weights_and_leave_them_unchanged():
+    net = _model("rotary_gqa", seed=10)
+    steps = compiled_module.COPY_FROM_STEPS
+    copies = compiled_module.column_major(net, 2, steps)
+    linears = {f"{n}.weight": m for n, m in net.named_modules() if type(m) is torch.nn.Linear}
+    assert set(copies) == set(linears) and len(copies) == 9  # 2 x 4 in the blocks, to_logits
+    for name, copy in copies.items():
+        weight = linears[name].weight
+        assert torch.equal(copy, weight) and copy.stride() == (1, weight.shape[0])
+        assert copy.data_ptr() != weight.data_ptr() and weight.is_contiguous()
+    assert compiled_module.column_major(net, 3, steps) == {}  # more rows than COPY_UP_TO_ROWS
+    assert compiled_module.column_major(net, 1, steps - 1) == {}  # too short a session
+    assert compiled_module.column_major(_model("rotary_gqa").double(), 1, steps) == {}
+
+
+def test_copies_are_graph_inputs_and_weights_loaded_later_are_used(monkeypatch):
+    """Two sessions with column-major copies: loading new weights in between recompiles
+    nothing, and each session gives the eager tokens of the weights it started with."""
+    monkeypatch.setattr(compiled_module, "COPY_FROM_STEPS", 1)
+    net = _model("rotary_gqa", seed=11)
+    lm, backend = AutoregressiveWrapper(net), _Counting()
+    prompt = torch.randint(1, 64, (1, 6))
+
+    def greedy(**compile: object) -> torch.Tensor:
+        out = lm.generate(prompt, 16, temperature=0.0, **compile)  # type: ignore[arg-type]
+        assert isinstance(out, torch.Tensor)
+        return out
+
+    before = greedy(compile={"backend": backend})
+    assert torch.equal(before, greedy())
+    torch.manual_seed(12)
+    net.load_state_dict({k: torch.randn_like(v) for k, v in net.state_dict().items()})
+    after = greedy(compile={"backend": backend})
+    assert torch.equal(after, greedy())
+    assert not torch.equal(after, before) and backend.graphs == 2
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,15 @@ two, at least ``MIN_BUCKET``): causal prefill is exact for the real positions, s
 different lengths in one bucket reuse the same graphs. On CUDA the decode step runs as a CUDA
 graph (``mode="reduce-overhead"``).
 
+On the CPU, one- or two-row fp32 sessions of at least ``COPY_FROM_STEPS`` tokens decode from the
+session's own column-major copies of the linear weights (as eager decoding does), passed to the
+decode step as graph inputs (:func:`column_major`); weights changed during a session are followed
+from the next session on.
+
 Nothing is kept from one call to the next but torch's own compiled code, whose guards check the
-model as it is at every call: weights loaded in place are read by the next step, and a replaced
-module recompiles. The model itself is never changed.
+model as it is at every call: weights loaded in place are read by the next session, and a
+replaced module recompiles (guards are checked at each session's first decode step; its later
+steps skip them, ``skip_guard_eval_unsafe``). The model itself is never changed.
 
 Models or calls the static path does not support decode eagerly (with the ordinary KV cache),
 after a one-time warning that names what is not supported (:func:`unsupported`).
@@ -30,6 +36,7 @@ from torch._dynamo.exc import TorchDynamoException
 
 from ..cache import StaticCache
 from ..nn.attention import Attention
+from ..stack.lean import COPY_BUDGET_BYTES
 from .session import _forward, model_window, warn_once
 from .steppers import CachedStepper, Stepper
 
@@ -44,6 +51,12 @@ __all__ = [
 
 MIN_BUCKET = 16
 """The smallest prompt bucket (shorter prompts are padded up to it)."""
+
+COPY_UP_TO_ROWS = 2
+"""Decode steps of at most this many rows multiply by column-major weight copies (CPU, fp32)."""
+
+COPY_FROM_STEPS = 64
+"""... in sessions of at least this many new tokens (shorter ones do not repay the copying)."""
 
 _ATTENTION_OPTIONS = {"max_attend_past": "attn_max_attend_past"}
 """Attention options that read key columns by count (a window of the last keys): over the
@@ -170,13 +183,39 @@ def _prefill(net: nn.Module, cache: StaticCache, tokens: Tensor, last: Tensor) -
     return logits[rows, last]
 
 
-def _decode(net: nn.Module, cache: StaticCache, token: Tensor, pos: Tensor) -> Tensor:
-    """One token per row (b, 1) at positions pos (b,) -> the next token's logits (b, V)."""
+def _decode(
+    net: nn.Module, weights: dict[str, Tensor], cache: StaticCache, token: Tensor, pos: Tensor
+) -> Tensor:
+    """One token per row (b, 1) at positions pos (b,) -> the next token's logits (b, V);
+    ``weights``: tensors to use in place of the named parameters (graph inputs), or empty."""
     cache.at(pos)
-    logits = net(
-        token, pos=pos.unsqueeze(-1), cache=cache, input_not_include_cache=True, check_inputs=False
-    )
+    kwargs = {"pos": pos.unsqueeze(-1), "cache": cache, "input_not_include_cache": True}
+    kwargs["check_inputs"] = False
+    if weights:
+        logits = torch.func.functional_call(net, weights, (token,), kwargs, strict=False)
+    else:
+        logits = net(token, **kwargs)
     return logits[:, -1]
+
+
+def column_major(net: nn.Module, rows: int, steps: int) -> dict[str, Tensor]:
+    """A session's column-major copies of the fp32 weights of `net`'s plain linear maps on the
+    CPU (the layout this CPU's matrix-vector products read fastest), keyed by parameter name,
+    for the decode step to multiply by in place of the model's own; empty where they would not
+    pay (more than COPY_UP_TO_ROWS rows, fewer than COPY_FROM_STEPS steps, other devices or
+    dtypes, more than COPY_BUDGET_BYTES in all). The model itself is never changed."""
+    if rows > COPY_UP_TO_ROWS or steps < COPY_FROM_STEPS:
+        return {}
+    found = {}
+    for name, module in net.named_modules():
+        weight = getattr(module, "weight", None)
+        if type(module) is nn.Linear and type(weight) is nn.Parameter:
+            found[f"{name}.weight" if name else "weight"] = weight
+    plain = all(w.device.type == "cpu" and w.dtype == torch.float32 for w in found.values())
+    total = sum(w.numel() * w.element_size() for w in found.values())
+    if not found or not plain or total > COPY_BUDGET_BYTES:
+        return {}
+    return {name: w.detach().t().contiguous().t() for name, w in found.items()}
 
 
 def compiled(
@@ -256,9 +295,10 @@ class CompiledStepper(Stepper):
         self.net = net
         self.eager: Stepper | None = None  # where compiling failed: the eager stepper
         self.fed: list[Tensor] = []  # the tokens fed so far (replayed by an eager fallback)
+        self.weights = column_major(net, b, self.max_new)  # this session's copies (or none)
         shape = (b, width, max_len, dtype, device)
         self.prefill_fn = compiled(net, "prefill", options, shape)
-        self.decode_fn = compiled(net, "decode", options, shape)
+        self.decode_fn = compiled(net, "decode", options, (*shape[:-1], bool(self.weights), device))
         if device.type == "cuda":
             for buffer in self.cache.buffers():
                 torch._dynamo.mark_static_address(buffer)
@@ -281,7 +321,12 @@ class CompiledStepper(Stepper):
             return self.eager.feed(tokens)
         self._check_chunk(1)
         try:
-            logits = self.decode_fn(self.net, self.cache, tokens, self.next_pos + self.num_new)
+            pos = self.next_pos + self.num_new
+            # guards checked at the session's first step; the later ones skip them (the model
+            # is not followed within a session, as in eager decoding)
+            skip = self.num_new > 0
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=skip):
+                logits = self.decode_fn(self.net, self.weights, self.cache, tokens, pos)
         except TorchDynamoException as error:
             eager = self._fall_back(error)
             eager.start()
