@@ -3,6 +3,7 @@ speculative decoding and beam search for generation (each mode lives in its own 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,20 +39,6 @@ __all__ = ["AutoregressiveWrapper", "GenerationIntermediates"]
 _INIT_KEYWORDS = ["net", "ignore_index", "pad_value", "mask_prob", "add_attn_z_loss"]
 
 # the keywords generate and stream hand to the session under their own names
-_SAMPLING_KEYWORDS = (
-    "eos_token",
-    "temperature",
-    "prompt_lens",
-    "filter_logits_fn",
-    "amateur_model",
-    "filter_kwargs",
-    "contrastive_decode_kwargs",
-    "cache_kv",
-    "draft_model",
-    "draft_tokens",
-    "generator",
-    "compile",
-)
 
 
 class AutoregressiveWrapper(
@@ -441,3 +428,14 @@ def _as_models(models: nn.Module | Sequence[nn.Module] | None, name: str) -> lis
     if not isinstance(models, (list, tuple)) or not models:
         raise TypeError(f"{name} must be a model or a non-empty tuple of models, got {models!r}")
     return [unwrap(m, name) for m in models]
+
+
+def _sampling_keywords() -> tuple[str, ...]:
+    """The keywords ``generate`` (and so ``stream``) hands on to ``_session``: derived from the two
+    signatures once, so a keyword added to both cannot be dropped on the way."""
+    given = inspect.signature(AutoregressiveWrapper.generate).parameters
+    taken = inspect.signature(AutoregressiveWrapper._session).parameters
+    return tuple(n for n, p in taken.items() if p.kind is p.KEYWORD_ONLY and n in given)
+
+
+_SAMPLING_KEYWORDS = _sampling_keywords()
