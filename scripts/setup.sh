@@ -56,9 +56,25 @@ stamped_extras() {
         && sed -n 's/^extras: *//p' "$STAMP"
 }
 
+# x-transformers 2.x, the oracle of the later keywords (tests/xt2.py imports it beside 1.28.2):
+# installed with the test extra into its own folder, .venv/xt2, without dependencies (it needs
+# only these pure-Python packages beside what the test extra installs), pinned.
+XT2_DIR="$VENV/xt2"
+XT2_PINS=(x-transformers==2.31.10 einx==0.4.3 loguru==0.7.3 frozendict==2.5.1 torch-einops-utils==0.2.0)
+ensure_xt2() {
+    case ",$1," in *,test,*) ;; *) return 0 ;; esac
+    [ -f "$XT2_DIR/.pins" ] && [ "$(cat "$XT2_DIR/.pins")" = "${XT2_PINS[*]}" ] && return 0
+    echo "[setup] pip install --target .venv/xt2 ${XT2_PINS[*]}" >&2
+    rm -rf "$XT2_DIR"
+    "$VPY" -m pip --disable-pip-version-check install -q --no-deps --target "$XT2_DIR" "${XT2_PINS[@]}"
+    mkdir -p "$XT2_DIR"
+    echo "${XT2_PINS[*]}" >"$XT2_DIR/.pins"
+}
+
 if HAVE="$(stamped_extras)"; then
     MISSING="$(comm -13 <(tr , '\n' <<<"$HAVE" | sed '/^$/d') <(tr , '\n' <<<"$WANTED" | sed '/^$/d') | paste -sd, -)"
     if [ -z "$MISSING" ]; then
+        ensure_xt2 "$HAVE"
         echo "[setup] .venv is up to date" >&2
         exit 0
     fi
@@ -66,6 +82,7 @@ if HAVE="$(stamped_extras)"; then
     echo "[setup] pip install -e .[$MISSING]" >&2
     "${PIP[@]}" install -q -c "$CONSTRAINTS" -e ".[$MISSING]"
     { wanted_stamp; echo "extras: $(normalise "$HAVE,$WANTED")"; } >"$STAMP"
+    ensure_xt2 "$(normalise "$HAVE,$WANTED")"
     exit 0
 fi
 
@@ -89,4 +106,5 @@ TARGET="."
 echo "[setup] pip install -e $TARGET" >&2
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -e "$TARGET"
 { wanted_stamp; echo "extras: $WANTED"; } >"$STAMP"
+ensure_xt2 "$WANTED"
 echo "[setup] ready: $("$VPY" -c 'import anyformer, torch; print("anyformer", anyformer.__version__, "| torch", torch.__version__)')" >&2

@@ -67,9 +67,11 @@ def pip_calls(repo: Path) -> list[str]:
 
 
 def installs(repo: Path) -> list[str]:
-    """What each pip call installed, after its constraints option."""
+    """What each pip call installed, after its constraints option (the x-transformers 2.x
+    oracle, installed into its own folder without dependencies: "xt2 " and its pins)."""
     prefix = f"install -q -c {repo / 'constraints.txt'} "
-    return [c.split(prefix)[1] for c in pip_calls(repo)]
+    xt2 = f"install -q --no-deps --target {repo / '.venv' / 'xt2'} "
+    return ["xt2 " + c.split(xt2)[1] if xt2 in c else c.split(prefix)[1] for c in pip_calls(repo)]
 
 
 def test_setup_installs_once_then_skips(repo):
@@ -114,12 +116,31 @@ def test_extras_are_added_once_and_kept(repo):
     (repo / "calls.log").unlink()
     test = run_script(repo, "setup.sh", "test,docs")  # then test.sh's: only the extras
     assert test.returncode == 0, test.stderr
-    assert installs(repo) == ["-e .[docs,test]"]
+    assert installs(repo) == ["-e .[docs,test]", "xt2 " + XT2_PINS]
     assert (repo / ".venv" / ".anyformer-setup").read_text().splitlines()[1] == "extras: docs,test"
     (repo / "calls.log").unlink()
     for extras in ("", "test", "docs,test", "test, docs"):  # main.sh after test.sh, and again
         again = run_script(repo, "setup.sh", extras)
         assert (again.returncode, again.stderr) == (0, "[setup] .venv is up to date\n")
+    assert pip_calls(repo) == []
+
+
+#: the x-transformers 2.x oracle and its pure-Python dependencies, as pinned (tests/xt2.py reads it)
+XT2_PINS = (
+    "x-transformers==2.31.10 einx==0.4.3 loguru==0.7.3 frozendict==2.5.1 torch-einops-utils==0.2.0"
+)
+
+
+def test_the_xt2_oracle_comes_with_the_test_extra_only(repo):
+    assert run_script(repo, "setup.sh").returncode == 0  # no extras: no oracle
+    assert not any("xt2" in c for c in installs(repo))
+    assert run_script(repo, "setup.sh", "docs").returncode == 0
+    assert not any("xt2" in c for c in installs(repo))
+    assert run_script(repo, "setup.sh", "test").returncode == 0
+    assert installs(repo)[-1] == "xt2 " + XT2_PINS
+    assert (repo / ".venv" / "xt2" / ".pins").read_text() == XT2_PINS + "\n"
+    (repo / "calls.log").unlink()
+    assert run_script(repo, "setup.sh", "test").returncode == 0  # pins unchanged: nothing runs
     assert pip_calls(repo) == []
 
 
@@ -139,7 +160,7 @@ def _checks(repo: Path) -> list[str]:
 def test_test_sh_type_checks_builds_the_docs_then_runs_pytest(repo):
     proc = run_script(repo, "test.sh")
     assert proc.returncode == 0, proc.stderr
-    assert installs(repo) == ["torch==2.13.0", "-e .[docs,test]"]
+    assert installs(repo) == ["torch==2.13.0", "-e .[docs,test]", "xt2 " + XT2_PINS]
     assert _checks(repo) == [
         "-m mypy",
         "-m mkdocs build --strict --quiet",
