@@ -211,7 +211,8 @@ def test_a_model_table_says_which_preset_keys_it_keeps(tmp_path, capsys):
     # the default preset's model keys the file and the overrides leave in place, named
     assert (
         "model: attn_dim_head=32, rotary_pos_emb=true, ff_glu=true, ff_swish=true, "
-        f"attn_flash=true from the preset 'default' ({file} does not set them; set one to none "
+        "attn_flash=true, use_rmsnorm=true, ff_no_bias=true from the preset 'default' "
+        f"({file} does not set them; set one to none "
         "for the library's default)\n"
     ) in capsys.readouterr().out
     run = json.loads((tmp_path / "r" / "run.json").read_text())

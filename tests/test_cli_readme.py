@@ -43,8 +43,8 @@ def _toml_block() -> str:
 def test_the_readme_shows_the_commands_this_test_runs():
     section = _commands(SECTION, "bash")
     assert {" ".join(c) for c in section if c[0] == "torchrun"} == TORCHRUN
-    assert len([c for c in section if c[0] == "anyformer"]) == 11
-    assert len([c for c in _commands(QUICK_RUN, "bash") if c[0] == ".venv/bin/anyformer"]) == 5
+    assert len([c for c in section if c[0] == "anyformer"]) == 12
+    assert len([c for c in _commands(QUICK_RUN, "bash") if c[0] == ".venv/bin/anyformer"]) == 6
 
 
 def test_every_command_line_command_of_the_readme_runs(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import torch
 from hf_models import TOL, max_diff, padded_batch, same_parameters
 from hf_models import tiny_bert as tiny
 
-from anyformer import TransformerWrapper
+from anyformer import Encoder, TransformerWrapper
 from anyformer.convert import UnsupportedHFModel, from_hf, from_hf_dir
 
 
@@ -37,14 +37,32 @@ def test_last_hidden_state_matches_on_a_padded_batch(overrides):
 
 
 def test_no_token_types_means_type_zero():
-    """Hugging Face adds token type 0 when none are given; the converted model needs the zeros."""
+    """Hugging Face adds token type 0 when none are given; so does the converted model, without
+    embed_ids, and explicit zeros give the same."""
     hf = tiny(seed=3)
     model = from_hf(hf)
-    ids, _ = padded_batch(seed=5)
+    ids, mask = padded_batch(seed=5)
     with torch.no_grad():
-        expected = hf(ids).last_hidden_state
-        got = model(ids, embed_ids={"token_type": torch.zeros_like(ids)})
+        expected = hf(ids, attention_mask=mask.long()).last_hidden_state
+        got = model(ids, mask=mask)
+        zeros = model(ids, mask=mask, embed_ids={"token_type": torch.zeros_like(ids)})
+    assert max_diff(got, expected, mask) < TOL
+    assert max_diff(zeros, expected, mask) < TOL
+
+
+def test_token_types_matter_with_and_without_ids():
+    """Type 1 everywhere differs from the default (so the fold keeps both types distinct), and
+    matches Hugging Face given the same ids."""
+    hf = tiny(seed=8)
+    model = from_hf(hf)
+    ids, _ = padded_batch(seed=6)
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = hf(ids, token_type_ids=ones).last_hidden_state
+        got = model(ids, embed_ids={"token_type": ones})
+        default = model(ids)
     assert max_diff(got, expected) < TOL
+    assert max_diff(default, expected) > 100 * TOL
 
 
 def test_from_hf_dir_equals_from_hf(tmp_path):
@@ -92,3 +110,30 @@ def test_heads_other_than_the_encoder_are_refused(tmp_path):
     folder = _folder_with(tmp_path, architectures=["BertForMaskedLM"])
     with pytest.raises(UnsupportedHFModel, match="'BertForMaskedLM' is not supported"):
         from_hf_dir(folder)
+
+
+def test_embed_ids_default_keyword():
+    """embed_ids_default lets forward omit a name (the default id is used); names without a
+    default stay required, and bad defaults raise naming the keyword."""
+    model = TransformerWrapper(
+        num_tokens=20, max_seq_len=8, embed_num_tokens={"a": 3, "b": 2},
+        embed_ids_default={"a": 2}, return_only_embed=True,
+        attn_layers=Encoder(dim=16, depth=1, heads=2),
+    ).eval()  # fmt: skip
+    ids = torch.randint(0, 20, (1, 5))
+    b = torch.zeros_like(ids)
+    with torch.no_grad():
+        omitted = model(ids, embed_ids={"b": b})
+        given = model(ids, embed_ids={"a": torch.full_like(ids, 2), "b": b})
+        assert max_diff(omitted, given) < 1e-6  # the same sum, added in another order
+        assert max_diff(omitted, model(ids, embed_ids={"a": b, "b": b})) > 1e-2
+        with pytest.raises(ValueError, match=r"\['a'\] may be omitted\), got \['a'\]"):
+            model(ids, embed_ids={"a": b})
+    with pytest.raises(ValueError, match="embed_ids_default must map names of embed_num_tokens"):
+        TransformerWrapper(
+            num_tokens=20,
+            max_seq_len=8,
+            embed_num_tokens={"a": 3},
+            embed_ids_default={"a": 3},
+            attn_layers=Encoder(dim=16, depth=1, heads=2),
+        )

@@ -24,7 +24,27 @@ VARIANTS = {
     "wide-heads": {"head_dim": 16},  # heads * head_dim = 64 != hidden_size = 32
     "linear-rope": {"rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                         "rope_theta": 10000.0}},
+    # Llama 3.1: with head_dim 16, theta 100 and original 64 the three wavelength bands are used
+    "llama3": {"head_dim": 16, "rope_parameters": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64, "rope_theta": 100.0}},
+    # YaRN: the ramp spans dimensions 1..5 of 8 (beta_fast 4); attention factor 0.1 ln 4 + 1
+    "yarn": {"head_dim": 16, "max_position_embeddings": 256, "rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+        "beta_fast": 4, "beta_slow": 1, "rope_theta": 100.0}},
+    "yarn-untruncated-mscale": {"head_dim": 16, "max_position_embeddings": 256,
+                                "rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+        "beta_fast": 4, "beta_slow": 1, "truncate": False, "mscale": 0.8, "mscale_all_dim": 1.0,
+        "rope_theta": 100.0}},
+    "yarn-attention-factor": {"max_position_embeddings": 32, "rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
+        "attention_factor": 1.3, "rope_theta": 10000.0}},
+    # dynamic NTK: the padded batch (12) and the decode (26) run past max_position_embeddings=10
+    "dynamic": {"max_position_embeddings": 10, "rope_parameters": {
+        "rope_type": "dynamic", "factor": 3.0, "rope_theta": 10000.0}},
 }  # fmt: skip
+SCALED = ["llama3", "yarn", "yarn-untruncated-mscale", "yarn-attention-factor", "dynamic"]
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -63,7 +83,7 @@ def test_hidden_states_of_llama_model():
     assert max_diff(got, expected, mask) < TOL
 
 
-@pytest.mark.parametrize("name", ["gqa", "mqa"])
+@pytest.mark.parametrize("name", ["gqa", "mqa", *SCALED])
 def test_greedy_generation_equals_hugging_face(name):
     hf = tiny(seed=5, **VARIANTS[name])
     model = from_hf(hf)
@@ -106,7 +126,46 @@ def test_bfloat16_folder_keeps_its_dtype(tmp_path):
     assert max_diff(got, expected) < 0.05 * expected.abs().max().item()  # bfloat16 rounding
 
 
-@pytest.mark.parametrize("rope_type", ["dynamic", "yarn", "llama3"])
+@pytest.mark.parametrize("name", SCALED)
+def test_rope_scaling_matters(name):
+    """The scaled model differs from plain rotary on the same weights by far more than the
+    tolerance (so the comparisons above test the scaling)."""
+    hf = tiny(**VARIANTS[name])
+    plain = dict(VARIANTS[name], rope_parameters={"rope_type": "default", "rope_theta":
+                 VARIANTS[name]["rope_parameters"]["rope_theta"]})  # fmt: skip
+    ids, _ = padded_batch()
+    with torch.no_grad():
+        assert max_diff(from_hf(hf)(ids), tiny(**plain)(ids).logits) > 100 * TOL
+
+
+def test_dynamic_ntk_extends_max_seq_len_by_the_factor():
+    """Dynamic NTK's max_position_embeddings is the original length it extends: the converted
+    model's max_seq_len is 10 * 3, so generation does not slide a window at 10."""
+    model = from_hf(tiny(**VARIANTS["dynamic"]))
+    assert model.max_seq_len == 30
+    p = model.attn_layers.config.positions
+    assert (p.rotary_scaling, p.rotary_original_max_seq_len, p.rotary_scaling_factor) == (
+        "dynamic", 10, 3.0)  # fmt: skip
+
+
+def test_transformers_4_llama3_rope_scaling(tmp_path):
+    """A transformers 4.x config.json: rope_theta at the top level, rope_scaling with 'type'."""
+    hf = tiny(seed=11, **VARIANTS["llama3"])
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    config["rope_theta"] = params.pop("rope_theta")
+    config["rope_scaling"] = {"type" if k == "rope_type" else k: v for k, v in params.items()}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = from_hf_dir(tmp_path)
+    assert model.attn_layers.config.positions.rotary_scaling == "llama3"
+    same_parameters(model, from_hf(hf))
+    ids, _ = padded_batch()
+    with torch.no_grad():
+        assert max_diff(model(ids), hf(ids).logits) < TOL
+
+
+@pytest.mark.parametrize("rope_type", ["proportional", "mrope"])
 def test_unsupported_rope_types_raise_naming_the_option(tmp_path, rope_type):
     hf = tiny()
     hf.save_pretrained(tmp_path)
@@ -125,9 +184,9 @@ def test_transformers_4_rope_scaling_raises_naming_it(tmp_path):
     hf.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     del config["rope_parameters"]
-    config["rope_scaling"] = {"type": "dynamic", "factor": 2.0}
+    config["rope_scaling"] = {"type": "su", "factor": 2.0}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedHFModel, match=r"option rope_scaling\['rope_type'\]='dynamic'"):
+    with pytest.raises(UnsupportedHFModel, match=r"option rope_scaling\['rope_type'\]='su'"):
         from_hf_dir(tmp_path)
 
 

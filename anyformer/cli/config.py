@@ -129,8 +129,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The quick start (the training defaults above): 3-4 minutes on a 2-core CPU.
     # Rotary positions and SwiGLU learn clearly faster per step than learned absolute positions
     # and GELU at this size; ff_mult=3 keeps the SwiGLU about as costly as a GELU with 4.
+    # RMSNorm and no feedforward biases make it Llama's recipe, so runs export to Hugging Face
+    # as they are (anyformer export-hf); measured on the default run, 1000 steps: val bpb 2.142
+    # (LayerNorm + biases: 2.130), step cost equal within measurement noise.
     "default": {
-        "model": {"dim": 128, "depth": 4, "heads": 4, "attn_dim_head": 32, "ff_mult": 3, **_MODERN},
+        "model": {
+            **{"dim": 128, "depth": 4, "heads": 4, "attn_dim_head": 32, "ff_mult": 3},
+            **{**_MODERN, "use_rmsnorm": True, "ff_no_bias": True},
+        },
     },
     # Seconds, for smoke tests and CI.
     "tiny": {

@@ -1,4 +1,4 @@
-"""The ``anyformer`` command: ``train``, ``generate``, ``eval`` and ``info``.
+"""The ``anyformer`` command: ``train``, ``generate``, ``eval``, ``info`` and ``export-hf``.
 
 Mistakes a user can make (a missing data path, an unknown key or preset, a checkpoint of
 another model, running out of memory) end with one line, ``anyformer: error: ...``, and exit
@@ -13,13 +13,19 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import evaluate, generate, info, train
+from . import evaluate, export, generate, info, train
 from .errors import CLIError
 from .launch import reexec_passive
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = {"train": train, "generate": generate, "eval": evaluate, "info": info}
+COMMANDS = {
+    "train": train,
+    "generate": generate,
+    "eval": evaluate,
+    "info": info,
+    "export-hf": export,
+}
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -6,10 +6,14 @@ or a sharded checkpoint with its ``*.index.json``) without importing ``transform
 an ordinary anyformer model (built from public keywords, so ``save_pretrained``,
 ``config_dict`` and generation work on it) in eval mode.
 
-Supported: see :func:`supported_architectures`. An architecture or option the converter cannot
-reproduce exactly raises :class:`UnsupportedHFModel` (a ``ValueError``) naming it; a checkpoint
-tensor the converter does not know, or an anyformer parameter left without a tensor, raises too,
-so nothing is dropped or left random silently.
+Supported: see :func:`supported_architectures` (GPT-2, Llama incl. 3.x, Qwen2, Qwen3, Phi-3,
+Mistral, Gemma 2, Gemma 3 text, BERT, ...; one module per family, ``hf_<family>.py``).
+Rotary settings of the Llama-style families (``hf_rope.py``): rope types default, linear,
+llama3, yarn, dynamic and longrope, and Phi-3's ``partial_rotary_factor``.
+An architecture or option the converter cannot reproduce exactly raises
+:class:`UnsupportedHFModel` (a ``ValueError``) naming it; a checkpoint tensor the converter does
+not know, or an anyformer parameter left without a tensor, raises too, so nothing is dropped or
+left random silently.
 """
 
 from __future__ import annotations
@@ -40,14 +44,42 @@ TORCH_NAME = "pytorch_model.bin"
 
 
 def _families() -> tuple[HFFamily, ...]:
-    from . import hf_bert, hf_gpt2, hf_llama, hf_qwen2
+    from . import (
+        hf_bert,
+        hf_gemma,
+        hf_gpt2,
+        hf_llama,
+        hf_mistral,
+        hf_mixtral,
+        hf_phi3,
+        hf_qwen2,
+        hf_qwen3,
+        hf_qwen3_moe,
+        hf_t5,
+        hf_vit,
+    )
 
-    return (hf_gpt2.FAMILY, hf_llama.FAMILY, hf_bert.FAMILY, hf_qwen2.FAMILY)
+    return (
+        hf_gpt2.FAMILY,
+        hf_llama.FAMILY,
+        hf_bert.FAMILY,
+        hf_qwen2.FAMILY,
+        hf_t5.FAMILY,
+        hf_t5.MT5_FAMILY,
+        hf_vit.FAMILY,
+        hf_qwen3.FAMILY,
+        hf_phi3.FAMILY,
+        hf_mistral.FAMILY,
+        hf_mixtral.FAMILY,
+        hf_qwen3_moe.FAMILY,
+        hf_gemma.GEMMA2,
+        hf_gemma.GEMMA3,
+    )
 
 
 def supported_architectures() -> dict[str, str]:
     """Hugging Face class name -> what the converted model returns ('lm': logits, 'hidden':
-    the last hidden state)."""
+    the last hidden state, 'classes': image class logits)."""
     return {arch: head for f in _families() for arch, head in f.architectures.items()}
 
 
@@ -114,6 +146,8 @@ def _convert(
 ) -> nn.Module:
     family = _family(config.get("model_type"))
     head = _head(family, architecture)
+    if family.prepare is not None:
+        config = family.prepare(dict(config), tensors)
     hf_config = HFConfig(config, family.name)
     shapes = [tuple(t.shape) for t in tensors.values()]
     try:

@@ -27,7 +27,6 @@ __all__ = [
     "hf_activation",
     "layer_pairs",
     "optional_tensor",
-    "rope_settings",
     "tied_head",
 ]
 
@@ -43,7 +42,8 @@ class HFFamily:
     """One Hugging Face model family and how to convert it.
 
     ``architectures`` maps each supported class name to what the anyformer model returns:
-    ``"lm"`` (logits through the LM head) or ``"hidden"`` (the last hidden state).
+    ``"lm"`` (logits through the LM head), ``"hidden"`` (the last hidden state) or
+    ``"classes"`` (class logits of an image classifier).
     ``build(config, head)`` returns the anyformer model (random weights);
     ``load(loader, config, model, head)`` copies every checkpoint tensor into it.
     ``prefixes`` are the key prefixes a checkpoint may put before the base model's names
@@ -59,6 +59,9 @@ class HFFamily:
     prefixes: tuple[str, ...]
     probe: str
     ignore: tuple[str, ...] = ()  # fnmatch patterns of checkpoint keys that are not weights
+    # (config dict, checkpoint tensors) -> the config dict build reads: settles what only the
+    # stored tensors tell (T5: whether the LM head is tied)
+    prepare: Callable[[dict[str, Any], Mapping[str, Tensor]], dict[str, Any]] | None = None
 
 
 class HFConfig:
@@ -97,43 +100,6 @@ class HFConfig:
             f"{self.family} config: option {key}={value!r} is not supported by the anyformer "
             f"converter ({why})"
         )
-
-
-def rope_settings(config: HFConfig, head_dim: int) -> dict[str, Any]:
-    """Rotary keywords (rotary_pos_emb, rotary_emb_dim, rotary_theta) from a Llama-style config.
-
-    Reads ``rope_parameters`` (transformers 5) or ``rope_theta`` + ``rope_scaling`` (4.x).
-    Supported rope types: 'default' and 'linear' (position interpolation,
-    https://arxiv.org/abs/2306.15595); others (dynamic, yarn, llama3, longrope, ...) raise
-    naming the option.
-    """
-    params = config.data.get("rope_parameters")
-    if isinstance(params, Mapping):  # transformers 5
-        key, scaling = "rope_parameters", params
-        theta = params.get("rope_theta", config.data.get("rope_theta"))
-    else:  # transformers 4: rope_theta, and rope_scaling (None for plain rotary)
-        key, scaling = "rope_scaling", config.data.get("rope_scaling") or {}
-        theta = config.data.get("rope_theta")
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    partial = scaling.get("partial_rotary_factor", config.data.get("partial_rotary_factor"))
-    if partial not in (None, 1, 1.0):
-        raise config.unsupported(
-            "partial_rotary_factor", partial, "the converted families rotate every head dimension"
-        )
-    out = {
-        "rotary_pos_emb": True,
-        "rotary_emb_dim": head_dim,
-        "rotary_theta": float(10000.0 if theta is None else theta),
-    }
-    if rope_type == "linear":  # position interpolation: positions divided by the factor
-        out["rotary_interpolation_factor"] = float(scaling["factor"])
-    elif rope_type not in ("default", None):
-        raise config.unsupported(
-            f"{key}['rope_type']",
-            rope_type,
-            "implemented: 'default' (plain rotary) and 'linear' (position interpolation)",
-        )
-    return out
 
 
 def hf_activation(config: HFConfig, key: str, allowed: Collection[str]) -> dict[str, bool]:

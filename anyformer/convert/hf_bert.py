@@ -4,9 +4,11 @@ The model: token + learned absolute position + token-type embeddings, a LayerNor
 on their sum, post-LN encoder blocks (attention and GELU feedforward with biases everywhere),
 no final norm (Devlin et al. 2018, https://arxiv.org/abs/1810.04805). anyformer's equivalent is a
 TransformerWrapper with ``return_only_embed=True``, ``embed_num_tokens={"token_type": ...}``,
-``post_emb_norm=True`` and an ``Encoder(pre_norm=False, ...)``; call it with
-``embed_ids={"token_type": token_type_ids}`` (zeros for single-segment input, which Hugging
-Face assumes when none are given). The pooler (a dense + tanh on the first token) is not part of
+``post_emb_norm=True`` and an ``Encoder(pre_norm=False, ...)``. Token type ids are optional, as
+in Hugging Face (which takes zeros when none are given): the model is built with
+``embed_ids_default={"token_type": 0}``, so ``model(ids)`` equals Hugging Face without
+``token_type_ids`` and ``model(ids, embed_ids={"token_type": token_type_ids})`` with them. The
+pooler (a dense + tanh on the first token) is not part of
 the last hidden state and is dropped.
 """
 
@@ -49,6 +51,7 @@ def build(config: HFConfig, head: str) -> nn.Module:
         num_tokens=config.get("vocab_size"),
         max_seq_len=config.get("max_position_embeddings"),
         embed_num_tokens={"token_type": types} if types else {},
+        embed_ids_default={"token_type": 0} if types else {},
         post_emb_norm=True,
         post_emb_norm_bias=True,
         post_emb_norm_eps=eps,

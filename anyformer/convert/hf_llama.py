@@ -5,12 +5,17 @@ The model: no absolute positions, rotary embeddings on every head's full width w
 a SwiGLU feedforward of width ``intermediate_size`` without biases, a final RMSNorm and an LM
 head (tied only when ``tie_word_embeddings``) (Touvron et al. 2023,
 https://arxiv.org/abs/2302.13971). ``attention_bias`` and ``mlp_bias`` map to anyformer's
-``attn_qkv_bias``/``attn_out_bias`` and ``ff_no_bias``. Rope types 'default' and 'linear'
-(``rotary_interpolation_factor``) are supported; others (dynamic, yarn, llama3, ...) raise
-naming the option.
+``attn_qkv_bias``/``attn_out_bias`` and ``ff_no_bias``. Rope types: 'default', 'linear'
+(``rotary_interpolation_factor``), 'llama3' (Llama 3.1+), 'yarn', 'dynamic' and 'longrope'
+(``rotary_scaling``; see hf_rope.py); others raise naming the option. With 'dynamic' the model's
+``max_seq_len`` is ``max_position_embeddings * factor`` (the length the scaling reaches), so that
+generation does not slide a window at the original length.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -20,15 +25,33 @@ from .hf_base import (
     WeightLoader,
     check_divisible,
     layer_pairs,
-    rope_settings,
     tied_head,
 )
+from .hf_rope import context_length, rope_keywords
 
-__all__ = ["FAMILY", "build", "build_llama_like", "load"]
+__all__ = [
+    "FAMILY",
+    "build",
+    "build_llama_like",
+    "llama_like_family",
+    "load",
+    "load_llama_like",
+    "separate_attention",
+]
 
 
-def build_llama_like(config: HFConfig, head: str, *, qkv_bias: bool, out_bias: bool) -> nn.Module:
-    """A Llama-shaped anyformer TransformerWrapper (Llama, Qwen2, ...), random weights."""
+def build_llama_like(
+    config: HFConfig,
+    head: str,
+    *,
+    qkv_bias: bool,
+    out_bias: bool,
+    partial_rotary: bool = False,
+    **extra: Any,
+) -> nn.Module:
+    """A Llama-shaped anyformer TransformerWrapper (Llama, Qwen2, Qwen3, Phi-3), random weights.
+    ``partial_rotary``: the family honours ``partial_rotary_factor``; ``extra``: more stack
+    keywords (Qwen3's qk-norm)."""
     from ..stack import Decoder
     from ..wrappers import TransformerWrapper
 
@@ -45,6 +68,7 @@ def build_llama_like(config: HFConfig, head: str, *, qkv_bias: bool, out_bias: b
         )
     gqa = {"attn_kv_heads": kv_heads} if kv_heads != heads else {}
     mlp_bias = bool(config.value_or("mlp_bias", False))
+    rope = rope_keywords(config, head_dim, partial=partial_rotary)
     stack = Decoder(
         dim=config.get("hidden_size"),
         depth=config.get("num_hidden_layers"),
@@ -60,11 +84,12 @@ def build_llama_like(config: HFConfig, head: str, *, qkv_bias: bool, out_bias: b
         ff_inner_dim=config.get("intermediate_size"),
         ff_no_bias=not mlp_bias,
         **gqa,
-        **rope_settings(config, head_dim),
+        **rope,
+        **extra,
     )
     return TransformerWrapper(
         num_tokens=config.get("vocab_size"),
-        max_seq_len=config.value_or("max_position_embeddings", 0),
+        max_seq_len=context_length(config.value_or("max_position_embeddings", 0), rope),
         use_abs_pos_emb=False,
         tie_embedding=head == "lm" and bool(config.value_or("tie_word_embeddings", False)),
         return_only_embed=head == "hidden",
@@ -78,40 +103,85 @@ def build(config: HFConfig, head: str) -> nn.Module:
     return build_llama_like(config, head, qkv_bias=bias, out_bias=bias)
 
 
-def load(loader: WeightLoader, config: HFConfig, model: nn.Module, head: str) -> None:
-    """Copy a Llama-shaped checkpoint's tensors into ``model`` (built by ``build``)."""
-    take, maybe = loader.take, loader.take_optional
+Linear = tuple[Tensor, Tensor | None]  # (weight, bias or None)
 
-    def linear(name: str) -> tuple[Tensor, Tensor | None]:
-        return take(f"{name}.weight"), maybe(f"{name}.bias")
 
+def load_llama_like(
+    loader: WeightLoader,
+    model: nn.Module,
+    head: str,
+    attention: Callable[[str, nn.Module], tuple[Linear, Linear, Linear, Linear]],
+    feedforward: Callable[[str, nn.Module], None],
+) -> None:
+    """Copy a Llama-shaped checkpoint (embeddings, pre-norm blocks, final norm, head) into
+    ``model``; ``attention(prefix, branch)`` takes one layer's (q, k, v, out) tensors under
+    ``prefix`` (``layers.{i}.self_attn.``) and ``feedforward(prefix, branch)`` sets one layer's
+    feedforward from ``layers.{i}.mlp.``: the parts in which the families differ."""
+    take = loader.take
     embedding = model.get_parameter("token_emb.emb.weight")
     loader.set(embedding, take("embed_tokens.weight"), "embed_tokens.weight")
     stack = model.get_submodule("attn_layers")
     for i, (attn, ff) in enumerate(layer_pairs(stack)):
         p = f"layers.{i}."
         gain = take(p + "input_layernorm.weight")
-        loader.set_norm(attn.get_submodule("pre_norm"), gain, None, p + "input_ln")
-        a = p + "self_attn."
-        q, k, v, o = (linear(a + n) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        loader.set_attention(attn.get_submodule("branch"), q, k, v, o, a[:-1])
+        loader.set_norm(attn.get_submodule("pre_norm"), gain, None, p + "input_layernorm")
+        branch = attn.get_submodule("branch")
+        q, k, v, o = attention(p + "self_attn.", branch)
+        loader.set_attention(branch, q, k, v, o, p + "self_attn")
         gain = take(p + "post_attention_layernorm.weight")
         loader.set_norm(ff.get_submodule("pre_norm"), gain, None, p + "post_attention_layernorm")
-        m = p + "mlp."
-        gate, up, down = (linear(m + n) for n in ("gate_proj", "up_proj", "down_proj"))
-        loader.set_feedforward(ff.get_submodule("branch"), up, down, m[:-1], gate=gate)
+        feedforward(p + "mlp.", ff.get_submodule("branch"))
     loader.set_norm(stack.get_submodule("final_norm"), take("norm.weight"), None, "norm")
     if head == "lm":
         loader.set_head(model, tied=tied_head(model))
 
 
-FAMILY = HFFamily(
-    name="Llama",
-    model_types=("llama",),
-    architectures={"LlamaForCausalLM": "lm", "LlamaModel": "hidden"},
-    build=build,
-    load=load,
-    prefixes=("model.", ""),
-    probe="embed_tokens.weight",
-    ignore=("*rotary_emb.inv_freq",),  # a computed buffer that older checkpoints saved
-)
+def _linear(loader: WeightLoader, name: str) -> Linear:
+    return loader.take(f"{name}.weight"), loader.take_optional(f"{name}.bias")
+
+
+def separate_attention(
+    loader: WeightLoader,
+) -> Callable[[str, nn.Module], tuple[Linear, Linear, Linear, Linear]]:
+    """Llama's attention tensors for :func:`load_llama_like`: ``{q,k,v,o}_proj.weight`` and the
+    optional biases."""
+
+    def attention(a: str, branch: nn.Module) -> tuple[Linear, Linear, Linear, Linear]:
+        q, k, v, o = (_linear(loader, f"{a}{n}_proj") for n in "qkvo")
+        return q, k, v, o
+
+    return attention
+
+
+def load(loader: WeightLoader, config: HFConfig, model: nn.Module, head: str) -> None:
+    """Copy a Llama-shaped checkpoint's tensors into ``model`` (built by ``build``)."""
+
+    def feedforward(m: str, branch: nn.Module) -> None:
+        gate, up, down = (_linear(loader, m + n) for n in ("gate_proj", "up_proj", "down_proj"))
+        loader.set_feedforward(branch, up, down, m[:-1], gate=gate)
+
+    load_llama_like(loader, model, head, separate_attention(loader), feedforward)
+
+
+def llama_like_family(
+    name: str,
+    model_type: str,
+    stem: str,
+    build: Callable[[HFConfig, str], nn.Module],
+    load: Callable[[WeightLoader, HFConfig, nn.Module, str], None],
+) -> HFFamily:
+    """The :class:`HFFamily` of a Llama-shaped family: ``{stem}ForCausalLM`` / ``{stem}Model``,
+    tensors under ``model.`` or bare, no saved rotary buffer."""
+    return HFFamily(
+        name=name,
+        model_types=(model_type,),
+        architectures={f"{stem}ForCausalLM": "lm", f"{stem}Model": "hidden"},
+        build=build,
+        load=load,
+        prefixes=("model.", ""),
+        probe="embed_tokens.weight",
+        ignore=("*rotary_emb.inv_freq",),  # a computed buffer that older checkpoints saved
+    )
+
+
+FAMILY = llama_like_family("Llama", "llama", "Llama", build, load)
