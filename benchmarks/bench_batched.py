@@ -21,7 +21,9 @@ row with anyformer's (float32 rounding differs between the libraries, so a row m
 after a near-tie; the count is reported). The libraries' calls are interleaved, medians
 reported (x-transformers 2.x runs in its own process, after the others). ``--eos`` also times
 anyformer with an eos token that ends rows at different steps, against the same call keeping
-every row in the batch (the finished rows' compute that dropping them saves).
+every row in the batch (the finished rows' compute that dropping them saves). ``--clock cpu``
+times each call by the CPU time of its thread instead of the wall clock (one thread only): on a
+machine other processes share, the time they take the core away is then left out.
 
     python benchmarks/bench_batched.py --threads 1 --reps 3
 """
@@ -52,6 +54,22 @@ from anyformer.convert import from_hf, to_x_transformers_state_dict
 ANY, XT, XT2, HF = "anyformer", "x-transformers-1.28", "x-transformers-2", "huggingface"
 
 
+def xt_expressible_state_dict(ours: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``ours`` (converted from Hugging Face) in x-transformers 1.28.2's layout, through a twin
+    with the same tensors whose options 1.28.2 expresses: the feedforward width as ``ff_mult``
+    (the benchmark's x-transformers model passes the same) and its own norm epsilon (RMSNorm's
+    eps differs from Hugging Face's 1e-6 by rounding only: the token agreement reports it)."""
+    config = ours.config_dict()
+    stack = config["attn_layers"]
+    ff = stack["feedforward"]
+    if ff["inner_dim"] is not None:
+        ff["mult"], ff["inner_dim"] = ff["inner_dim"] / stack["dim"], None
+    stack["norm"]["norm_eps"] = None
+    twin = type(ours).from_config(config)
+    twin.load_state_dict(ours.state_dict())
+    return to_x_transformers_state_dict(twin)
+
+
 def greedy(lm: AutoregressiveWrapper, prompts: Any, n: int, **kwargs: Any) -> torch.Tensor:
     """anyformer's greedy tokens (without the intermediates, if asked for)."""
     out = lm.generate(prompts, n, temperature=0.0, **kwargs)
@@ -79,7 +97,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--xt2-path", default="/tmp/xt2", help="folder holding x-transformers 2.x")
     p.add_argument("--eos", action="store_true", help="also time eos with rows dropped or kept")
     p.add_argument("--json", default=None, help="write the results to this file")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="time calls by the wall clock, or by their thread's CPU time (with --threads 1)",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu needs --threads 1 (it counts the calling thread's CPU time)")
+    return args
+
+
+def clock(args: argparse.Namespace) -> Callable[[], float]:
+    """The clock calls are timed by: the wall clock, or this thread's CPU time."""
+    return time.thread_time if args.clock == "cpu" else time.perf_counter
 
 
 # --------------------------------------------------------------------------------------
@@ -154,7 +184,7 @@ def calls(hf: Any, ours: torch.nn.Module, prompts: list[torch.Tensor], args: arg
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import x_transformers as xt  # type: ignore[import-untyped]
-        xlm = build_xt(xt, args, to_x_transformers_state_dict(ours))
+        xlm = build_xt(xt, args, xt_expressible_state_dict(ours))
         out[XT] = lambda: xlm.generate(right, n, temperature=0.0, prompt_lens=lens, cache_kv=True)
     if HF in args.impls:
         left, mask = padded(prompts, left=True)
@@ -170,8 +200,14 @@ def calls(hf: Any, ours: torch.nn.Module, prompts: list[torch.Tensor], args: arg
     return out
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per case; in each repetition every case runs once, order rotating."""
+def interleaved(
+    cases: dict[str, Callable[[], Any]],
+    reps: int,
+    warmup: int,
+    now: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Median seconds per case (by the clock `now`); in each repetition every case runs once,
+    order rotating."""
     names = list(cases)
     for _ in range(warmup):
         for name in names:
@@ -179,9 +215,9 @@ def interleaved(cases: dict[str, Callable[[], Any]], reps: int, warmup: int) -> 
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(reps):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start = now()
             cases[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -222,11 +258,12 @@ missing, unexpected = net.load_state_dict(state, strict=False)
 lm = xt.AutoregressiveWrapper(net).eval()
 call = lambda: lm.generate(spec["right"], spec["n"], temperature=0.0, prompt_lens=spec["lens"],
                            cache_kv=True)
+now = time.thread_time if spec["clock"] == "cpu" else time.perf_counter
 for _ in range(spec["warmup"]):
     call()
 times = []
 for _ in range(spec["reps"]):
-    t0 = time.perf_counter(); out = call(); times.append(time.perf_counter() - t0)
+    t0 = now(); out = call(); times.append(now() - t0)
 print(json.dumps({"median_s": statistics.median(times), "tokens": out.tolist(),
                   "version": getattr(xt, "__version__", "2.x"), "missing": missing,
                   "unexpected": unexpected}))
@@ -240,9 +277,9 @@ def run_xt2(ours: torch.nn.Module, prompts: list[torch.Tensor], args: argparse.N
     right, _ = padded(prompts, left=False)
     spec = dict(
         threads=args.threads, vocab=args.vocab, keywords=xt_keywords(args),
-        state=to_x_transformers_state_dict(ours), right=right,
+        state=xt_expressible_state_dict(ours), right=right,
         lens=torch.tensor([len(p) for p in prompts]), n=args.new_tokens, reps=args.reps,
-        warmup=args.warmup,
+        warmup=args.warmup, clock=args.clock,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "spec.pt")
@@ -276,7 +313,7 @@ def bench_eos(ours: torch.nn.Module, prompts: list[torch.Tensor], ref: torch.Ten
         "rows-kept": lambda: greedy(lm, prompts, n, eos_token=eos, return_intermediates=True),
     }
     same = torch.equal(cases["rows-dropped"](), cases["rows-kept"]())
-    times = interleaved(cases, args.reps, args.warmup)
+    times = interleaved(cases, args.reps, args.warmup, clock(args))
     return {
         "eos_token": eos,
         "first_eos_steps": sorted(firsts[eos]),
@@ -302,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         alone = torch.stack([greedy(lm, p, n) for p in prompts])
         cases = calls(hf, ours, prompts, args)
         tokens = {name: call() for name, call in cases.items()}
-        medians = interleaved(cases, args.reps, args.warmup)
+        medians = interleaved(cases, args.reps, args.warmup, clock(args))
         xt2 = run_xt2(ours, prompts, args) if XT2 in args.impls else None
         eos = bench_eos(ours, prompts, batched, args) if args.eos else None
     rows_alone = int((batched == alone).all(dim=1).sum())
@@ -312,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_lens": [len(p) for p in prompts],
         "new_tokens": n,
         "threads": args.threads,
+        "clock": args.clock,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "load_avg": os.getloadavg(),

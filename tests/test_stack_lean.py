@@ -219,7 +219,7 @@ def test_a_bf16_stack_decodes_from_packed_copies_as_the_blocks_do(monkeypatch):
     model = _model(rotary_pos_emb=True, use_rmsnorm=True, ff_glu=True).to(torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loop = LeanLoop.build(model.attn_layers)
-    assert all(type(m) is lean._PackedBf16 for s in loop.steps for m in s.maps if m is not None)
+    assert all(type(m) is lean._Packed for s in loop.steps for m in s.maps if m is not None)
     prompts = torch.randint(0, 40, (1, 4))
     tokens = AutoregressiveWrapper(model).generate(prompts, 70, temperature=0.0)  # copies pay
     monkeypatch.setattr("anyformer.generation.session.attach", lambda *a, **k: False)

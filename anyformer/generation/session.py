@@ -31,10 +31,11 @@ from .steppers import CachedStepper, Stepper, UncachedStepper
 
 __all__ = ["GenerationIntermediates", "Session", "eval_mode", "resolve_cache", "warn_once"]
 
-_COPY_FROM_STEPS, _COPY_UP_TO_ROWS = 64, 2
-"""Sessions of at least this many new tokens for at most this many rows decode from
-column-major weight copies: making them costs some dozen one-row steps of a small model, and
-products over more rows gain nothing from that layout."""
+_COPY_FROM_STEPS, _PACK_FROM_STEPS = 64, 16
+"""Sessions of at least this many new tokens decode from copies of the weights laid out for
+their rows (stack/lean.py): for one or two rows making them costs some dozen steps and each
+step gains a little; for more rows a step in the packed layout takes about half the time, so
+the copies repay themselves after a few steps."""
 
 # per model: the messages already given (a weak key, so the model itself is left untouched)
 _warned: WeakKeyDictionary[nn.Module, set[str]] = WeakKeyDictionary()
@@ -159,6 +160,7 @@ class Session:
         self.cache_kv, self.restrict, self.pad_value = cache_kv, restrict, pad_value
         self.kwargs = kwargs
         self.models = [net, *amateurs, *([draft] if draft is not None else [])]
+        self.speculative, self.draft_tokens = draft is not None, draft_tokens
         self.expert = self.stepper(net)
         self.amateurs = [self.stepper(m) for m in amateurs]
         self.contrastive = list(contrastive)
@@ -180,15 +182,19 @@ class Session:
         )
         if cached:
             stepper = CachedStepper(*args)
+            # speculative decoding rolls back up to draft_tokens + 1 rejected positions
+            stepper.cache.window_slack = self.draft_tokens + 1 if self.speculative else 0
             stack = getattr(net, "attn_layers", None)
             if isinstance(stack, AttentionLayers):  # the session's own decoding loop
-                attach(stack, stepper.cache, copy_weights=self._copies_pay())
+                rows = self.prompts.shape[0]
+                attach(stack, stepper.cache, copy_weights=self._copies_pay(), rows=rows)
             return stepper
         return UncachedStepper(*args, pad_value=self.pad_value)
 
     def _copies_pay(self) -> bool:
-        """Whether column-major weight copies repay their making in this session."""
-        return self.seq_len >= _COPY_FROM_STEPS and self.prompts.shape[0] <= _COPY_UP_TO_ROWS
+        """Whether weight copies repay their making in this session."""
+        rows = self.prompts.shape[0]
+        return self.seq_len >= (_COPY_FROM_STEPS if rows <= 2 else _PACK_FROM_STEPS)
 
     def tokens(self) -> Iterator[Tensor]:
         """The raw token stream (b,) per step; eos handling is the caller's."""

@@ -3,10 +3,13 @@
 Most models are stacks of the plain pre-norm block: ``x + branch(norm(x))`` with self-attention
 on the fused kernel and a feedforward. For such stacks the loop below runs the same computations
 (the same module methods and kernels, so the same numbers) without the per-block module
-machinery; for long one-row sessions on the CPU it multiplies by its own copies of the linear
-weights in the layout CPU matrix-vector products read fastest: column-major for fp32, oneDNN's
-packed layout for bf16 (the session's choice, within COPY_BUDGET_BYTES). Quantized linear maps
-(anyformer.quantize) are called as they are. The model itself is never changed.
+machinery; for long sessions on the CPU it multiplies by its own copies of the linear weights
+in the layout the CPU reads fastest for the session's rows (the session's choice, within
+COPY_BUDGET_BYTES): for one fp32 row column-major (matrix-vector products), for several fp32
+rows and for bf16 oneDNN's packed layout for that many rows (its products over a few rows run
+about twice as fast as F.linear's on the plain layout here; they round differently, as any
+other kernel does). Quantized linear maps (anyformer.quantize) are called as they are. The model
+itself is never changed.
 
 A loop is built by a generation session from the stack's modules as they are when the session
 starts (``LeanLoop.build`` returns None when some module is not of the exact type it knows) and
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 from weakref import WeakKeyDictionary
 
@@ -30,7 +34,7 @@ from torch import Tensor, nn
 
 from ..cache import KVCache
 from ..nn.attention import Attention, FusedQKV
-from ..nn.feedforward import FeedForward
+from ..nn.feedforward import GLU, FeedForward
 from ..nn.masks import AttentionMask
 from ..nn.positions.rotary import RotaryAngles
 from ..quantize.bf16 import packed_bf16_supported
@@ -74,6 +78,7 @@ class _Step:
     slot: int | None
     is_attention: bool
     maps: tuple[_Map | None, _Map]  # attention: (to_qkv or None, to_out); ff: (in, out)
+    act: _Map | None = None  # ff: its activation and post-activation norm, as one function
 
 
 def _exact_linear(module: object) -> bool:
@@ -94,6 +99,10 @@ def _plain_attention(block: Any) -> bool:
         and attn.window is None
         and len(attn.head_ops) == 0
         and attn.to_v_gate is None
+        and attn.to_output_gate is None
+        and attn.sink is None
+        and attn.data_alibi is None
+        and attn.differential is None
         and _exact_linear(attn.to_out)
     )
 
@@ -116,12 +125,14 @@ def _plain_block(block: Any) -> bool:
 
 
 class _Weights:
-    """The session's copies of the weights, within a byte budget: fp32 column-major; bf16 in
-    oneDNN's packed layout where the CPU multiplies bf16 natively (AVX-512 BF16 / AMX)."""
+    """The session's copies of the weights, within a byte budget: fp32 column-major for one
+    row, else in oneDNN's packed layout for `rows` rows; bf16 packed where the CPU multiplies
+    bf16 natively (AVX-512 BF16 / AMX)."""
 
-    def __init__(self, linears: list[nn.Linear], copy: bool) -> None:
+    def __init__(self, linears: list[nn.Linear], copy: bool, rows: int = 1) -> None:
         total = sum(m.weight.numel() * m.weight.element_size() for m in linears)
         self.copy = copy and total <= COPY_BUDGET_BYTES
+        self.rows = max(1, rows)
 
     def map(self, linear: Any) -> _Map:
         if type(linear) is not nn.Linear:  # anyformer.quantize's maps: their own kernels
@@ -130,17 +141,29 @@ class _Weights:
         bias = None if linear.bias is None else linear.bias.detach()
         if not (self.copy and weight.device.type == "cpu" and type(weight) is torch.Tensor):
             return _Linear(weight, bias)
+        if weight.dtype == torch.float32 and self.rows > 1 and torch.backends.mkldnn.is_available():
+            return _packed(weight, bias, self.rows)
         if weight.dtype == torch.float32:
             return _Linear(weight.t().contiguous().t(), bias)
         if weight.dtype == torch.bfloat16 and packed_bf16_supported():
-            return _PackedBf16(torch.ops.mkldnn._reorder_linear_weight(weight, 1), bias)
+            return _packed(weight, bias, self.rows)
+        return _Linear(weight, bias)
+
+
+def _packed(weight: Tensor, bias: Tensor | None, rows: int) -> _Map:
+    """The weight packed by oneDNN for `rows` rows; the plain map where this build cannot."""
+    try:
+        return _Packed(torch.ops.mkldnn._reorder_linear_weight(weight, rows), bias)
+    except RuntimeError:  # pragma: no cover - a oneDNN build without this layout
         return _Linear(weight, bias)
 
 
 @dataclass(frozen=True)
-class _PackedBf16:
-    """A bf16 linear map on a packed copy of its weight: the same oneDNN product F.linear runs
-    for bf16 (the same numbers), without re-reading the plain layout at every call."""
+class _Packed:
+    """A linear map on a copy of its weight in oneDNN's packed layout (packed for the session's
+    number of rows; any number of rows may use it): for bf16 the same oneDNN product F.linear
+    runs (the same numbers), without re-reading the plain layout at every call; for fp32
+    oneDNN's product, where F.linear calls the BLAS."""
 
     packed: Tensor
     bias: Tensor | None
@@ -156,36 +179,49 @@ class LeanLoop:
         self.stack = stack
         self.steps = steps
         self.skipped = skipped  # the modules whose __call__ (and hooks) this loop bypasses
+        # their hook dicts (registering a hook adds to them): one C-level test per call
+        self.hook_dicts = [d for m in skipped for d in (m._forward_hooks, m._forward_pre_hooks)]
+        # oneDNN's packed products take no part in autocast: under CPU autocast the blocks run
+        self.packed = any(type(m) is _Packed for s in steps for m in s.maps)
 
     @staticmethod
-    def build(stack: nn.Module, copy_weights: bool = True) -> LeanLoop | None:
+    def build(stack: nn.Module, copy_weights: bool = True, rows: int = 1) -> LeanLoop | None:
         """The loop for the stack's current blocks and plan; None if some block is not plain.
-        ``copy_weights``: decode from column-major copies (CPU, within COPY_BUDGET_BYTES)."""
+        ``copy_weights``: decode from copies laid out for ``rows`` rows (CPU, within
+        COPY_BUDGET_BYTES)."""
         layers: list[Any] = list(cast(Any, stack).layers)
         if not all(_plain_block(block) for block in layers):
             return None
         linears = [m for block in layers for m in block.branch.modules() if type(m) is nn.Linear]
-        weights = _Weights(linears, copy_weights)
+        weights = _Weights(linears, copy_weights, rows)
         maps = [_maps(block.branch, weights) for block in layers]
-        steps = [
-            _Step(layers[i].pre_norm, layers[i].branch, slot, layers[i].layer_type == "a", maps[i])
-            for i, slot in cast(Any, stack).execution_plan
-        ]
         skipped: list[nn.Module] = []
+        acts: list[_Map | None] = []
         for block in layers:
             branch = block.branch
             skipped += [block, block.pre_norm, branch]
             if isinstance(branch, Attention):
                 skipped += [branch.attend, branch.to_out, branch.qkv, *branch.qkv.children()]
+                acts.append(None)
             else:
-                skipped += [branch.proj_in, branch.proj_out, branch.dropout]
+                act, bypassed = _activation(branch)
+                skipped += [branch.proj_in, branch.proj_out, branch.dropout, *bypassed]
+                acts.append(act)
+        steps = [
+            _Step(block.pre_norm, block.branch, slot, block.layer_type == "a", maps[i], acts[i])
+            for i, slot in cast(Any, stack).execution_plan
+            for block in (layers[i],)
+        ]
         return LeanLoop(stack, steps, skipped)
 
     def usable(self) -> bool:
-        """No forward hook would be skipped, and no compiler is tracing."""
+        """No forward hook would be skipped, no compiler is tracing, and no CPU autocast would
+        be bypassed by packed weights."""
         if any(_GLOBAL_HOOKS) or torch.compiler.is_compiling():
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.skipped)
+        if self.packed and torch.is_autocast_enabled("cpu"):
+            return False
+        return not any(self.hook_dicts)
 
     def __call__(self, x: Tensor, run: StackRun) -> Tensor:
         b, n, d = x.shape
@@ -200,10 +236,10 @@ class LeanLoop:
         return x.view(b, n, d)
 
 
-def attach(stack: nn.Module, cache: KVCache, copy_weights: bool = True) -> bool:
-    """Build the stack's loop for a decoding session whose calls pass `cache`; False when the
-    stack is not plain (it then runs its blocks)."""
-    loop = LeanLoop.build(stack, copy_weights)
+def attach(stack: nn.Module, cache: KVCache, copy_weights: bool = True, rows: int = 1) -> bool:
+    """Build the stack's loop for a decoding session of `rows` rows whose calls pass `cache`;
+    False when the stack is not plain (it then runs its blocks)."""
+    loop = LeanLoop.build(stack, copy_weights, rows)
     if loop is not None:
         _LOOPS[cache] = loop
     return loop is not None
@@ -254,7 +290,40 @@ def _feedforward(step: _Step, h: Tensor) -> Tensor:
     """FeedForward.forward on (b * n, dim)."""
     ff = step.branch
     proj_in, proj_out = step.maps
-    h = ff.post_act_norm(ff.act(cast(_Map, proj_in)(h)))
+    h = cast(_Map, step.act)(cast(_Map, proj_in)(h))
     if ff.dropout.training:
         h = ff.dropout(h)
     return proj_out(h)
+
+
+_ELEMENTWISE: dict[type, Callable[[Any], _Map]] = {
+    nn.SiLU: lambda m: F.silu,
+    nn.ReLU: lambda m: F.relu,
+    nn.GELU: lambda m: partial(F.gelu, approximate=m.approximate),
+}
+"""Activation modules of these exact types are the functional call their forward makes."""
+
+
+def _activation(ff: Any) -> tuple[_Map, list[nn.Module]]:
+    """The feedforward's activation then post-activation norm as one function (the same ops
+    as its modules' forwards, without their calls where they are of a type known here), and
+    the modules whose calls it skips."""
+    act, post = ff.act, ff.post_act_norm
+    if type(post) is nn.Identity:
+        if type(act) in _ELEMENTWISE:
+            return _ELEMENTWISE[type(act)](act), [act, post]
+        inner = getattr(act, "act", None)
+        if type(act) is GLU and act.mult_bias is None and type(inner) in _ELEMENTWISE:
+            gate_act = _ELEMENTWISE[type(inner)](inner)
+            return partial(_glu, gate_act), [act, cast(nn.Module, inner), post]
+    return partial(_then, act, post), []
+
+
+def _glu(gate_act: _Map, h: Tensor) -> Tensor:
+    """GLU.forward without a multiplier: value * act(gate)."""
+    value, gate = h.chunk(2, dim=-1)
+    return value * gate_act(gate)
+
+
+def _then(first: _Map, second: _Map, h: Tensor) -> Tensor:
+    return second(first(h))
