@@ -3,7 +3,8 @@
 ``generate`` creates a ``KVCache`` sized for prompt + new tokens and passes it through
 ``forward(cache=...)``. Self-attention layers write their new keys/values at the cache's current
 length and read the prefix back as a view (no concatenation per step); cross-attention layers
-compute the context's keys/values once and reuse them. The cache also keeps the key-padding mask
+compute the context's keys/values once and reuse them. A sliding-window layer (W keys) keeps only
+its last W keys/values, in a ring buffer (``update_window``). The cache also keeps the key-padding mask
 of everything it holds, so a step passes only the new tokens' mask.
 """
 
@@ -23,6 +24,10 @@ class LayerKVCache:
         self.is_cross = is_cross
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self.window: int | None = None  # sliding window: a ring buffer (update_window)
+        self.span = 0  # the ring's columns a query reads
+        # per-key state of a layer's own modules, (b, h, capacity) by column (data-dependent ALiBi)
+        self.extras: dict[str, Tensor] = {}
 
     @property
     def filled(self) -> bool:
@@ -43,6 +48,62 @@ class LayerKVCache:
         buf_k.narrow(2, start, n).copy_(k)
         buf_v.narrow(2, start, n).copy_(v)
         return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end)
+
+    def update_window(self, k: Tensor, v: Tensor, window: int) -> tuple[Tensor, Tensor]:
+        """Self-attention over a sliding window of `window` keys: ring buffers (b, h, size, d),
+        column c in slot c % size. The queries read the last ``span`` columns: `window` plus
+        the most padding columns of a row when the cache starts (padding holds no key a query
+        counts); ``size`` adds the parent's ``window_slack`` (room to roll back). Returns the up
+        to span - 1 columns before the new ones, in order, then the new ones."""
+        start, n = self.parent.length, k.shape[-2]
+        if self.k is None or self.v is None:
+            self.window, self.span = window, window + self._holes(0, start + n)
+            size = self.span + self.parent.window_slack
+            self.k = k.new_zeros(*k.shape[:2], size, k.shape[-1])
+            self.v = v.new_zeros(*v.shape[:2], size, v.shape[-1])
+        elif self._holes(start, start + n):
+            raise ValueError(
+                "KVCache: a sliding-window layer takes masked (padding) tokens only in the "
+                "cache's first call (its ring is sized then)"
+            )
+        past = min(start, self.span - 1)
+        if past:
+            k = torch.cat((*self._ring_read(self.k, start - past, past), k), dim=2)
+            v = torch.cat((*self._ring_read(self.v, start - past, past), v), dim=2)
+        kept = min(n, self.k.shape[2])  # the new columns later queries may still read
+        self._ring_write(self.k, start + n - kept, k[:, :, -kept:])
+        self._ring_write(self.v, start + n - kept, v[:, :, -kept:])
+        return k, v
+
+    def can_roll_back(self, old: int, new: int) -> bool:
+        """Whether the ring still holds the columns a query at column `new` reads, after
+        columns up to `old` were written (always, for a layer without a ring)."""
+        if self.window is None or self.k is None:
+            return True
+        return max(0, new - self.span + 1) >= max(0, old - self.k.shape[2])
+
+    def _holes(self, start: int, end: int) -> int:
+        """The most masked key columns in [start, end) of any row."""
+        mask = self.parent.key_mask
+        if mask is None:
+            return 0
+        return int((~mask[:, start:end]).sum(-1).max())
+
+    @staticmethod
+    def _ring_pieces(size: int, column: int, count: int) -> list[tuple[int, int]]:
+        """(slot, length) pieces of `count` columns from `column` in a ring of `size` slots."""
+        slot = column % size
+        first = min(count, size - slot)
+        return [(slot, first)] + ([(0, count - first)] if count > first else [])
+
+    def _ring_read(self, buf: Tensor, column: int, count: int) -> list[Tensor]:
+        return [buf.narrow(2, s, c) for s, c in self._ring_pieces(buf.shape[2], column, count)]
+
+    def _ring_write(self, buf: Tensor, column: int, new: Tensor) -> None:
+        done = 0
+        for s, c in self._ring_pieces(buf.shape[2], column, new.shape[2]):
+            buf.narrow(2, s, c).copy_(new.narrow(2, done, c))
+            done += c
 
     def _grow(self, k: Tensor, v: Tensor, needed: int) -> tuple[Tensor, Tensor]:
         old = 0 if self.k is None else self.k.shape[-2]
@@ -65,9 +126,13 @@ class KVCache:
         self.capacity = capacity
         self.length = 0
         self.num_prepended = 0
+        # sliding-window layers: extra ring slots, so that truncate can roll back that many
+        # more positions (speculative decoding's rejected drafts)
+        self.window_slack = 0
         self.key_mask: Tensor | None = None
         self.context_mask: Tensor | None = None  # cross-attention: the context's mask
         self.context_len = 0
+        self.context_rotated = False  # context_pos: the context's keys are rotated (first call)
         self.layers: list[LayerKVCache] = []
         # positions (set by the stack when its scheme needs them)
         self.key_positions: Tensor | None = None  # (b|1, capacity) position of every cached key
@@ -156,6 +221,9 @@ class KVCache:
                 filled = self.length
                 layer.k[:, :, :filled] = layer.k[batch_indices, :, :filled]
                 layer.v[:, :, :filled] = layer.v[batch_indices, :, :filled]
+        for layer in self.layers:
+            for name, extra in getattr(layer, "extras", {}).items():
+                layer.extras[name] = extra[batch_indices]
         if self.key_mask is not None:
             self.key_mask = self.key_mask[batch_indices]
         if self.key_positions is not None and self.key_positions.shape[0] > 1:
@@ -179,6 +247,14 @@ class KVCache:
                 f"KVCache.truncate: length must be in [0, {self.length}] (the cached positions), "
                 f"got {length}"
             )
+        for layer in self.layers:
+            if not layer.can_roll_back(self.length, length):
+                size = 0 if layer.k is None else layer.k.shape[2]
+                raise ValueError(
+                    f"KVCache.truncate: a sliding-window layer keeps only its last {size} "
+                    f"keys, so the cache cannot roll back from {self.length} to {length} "
+                    "positions (KVCache.window_slack gives it room)"
+                )
         if self.key_mask is not None:
             self.key_mask[:, length : self.length] = True
         self.length = length
@@ -208,6 +284,13 @@ class StaticLayerCache:
         self.k.scatter_(2, index.expand_as(k), k)
         self.v.scatter_(2, index.expand_as(v), v)
         return self.k, self.v
+
+    def update_window(self, k: Tensor, v: Tensor, window: int) -> tuple[Tensor, Tensor]:
+        """Sliding windows read keys by count, which the static columns do not give."""
+        raise ValueError(
+            "StaticCache: a sliding-window layer (attn_sliding_window) decodes with a KVCache "
+            "(generate(compile=False))"
+        )
 
 
 class StaticCache:

@@ -288,6 +288,22 @@ def feedforward_kwargs(draw: Any) -> dict:
     kw.update(flags)
     if draw(st.integers(0, 3)) == 0:
         kw["ff_dropout"] = 0.1
+    if draw(st.integers(0, 3)) == 0:
+        kw.update(draw(experts_kwargs()))
+    return kw
+
+
+@st.composite
+def experts_kwargs(draw: Any) -> dict:
+    """A small mixture of experts (2-3 experts, any top_k, maybe a shared expert, capacity)."""
+    experts = draw(st.integers(2, 3))
+    kw: dict[str, Any] = {"ff_num_experts": experts, "ff_top_k": draw(st.integers(1, experts))}
+    optional = {
+        "ff_num_shared_experts": st.integers(0, 1),
+        "ff_capacity_factor": st.sampled_from([0.5, 1.0]),
+        "ff_router_renormalize": st.booleans(),
+    }
+    kw.update(draw(st.fixed_dictionaries({}, optional=optional)))
     return kw
 
 

@@ -65,3 +65,15 @@ def test_bench_gpu_dry_run_figures_are_finite_and_tokens_agree():
         # float32, the same weights: greedy tokens identical row for row
         assert cases["lean-reference"]["rows_identical"] == rows
         assert cases["huggingface"]["rows_identical"] == rows
+
+
+def test_bench_sliding_dry_run_is_blockwise_and_equals_the_masked_window():
+    bench_sliding = _load("bench_sliding")
+    result = bench_sliding.run(["--dry-run", "--threads", "1"])
+    assert result["dry_run"] is True and (result["n"], result["window"]) == (512, 32)
+    assert result["window_kernels"] == ["banded", "banded"]  # the O(n W) kernel ran
+    assert result["max_abs_diff_vs_masked"] < 1e-5  # float32, the same weights
+    figures = result["threads"]["1"]
+    assert figures["threads"] == 1
+    for key in ("full_s", "sliding_s", "speedup"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key

@@ -333,7 +333,10 @@ _NEEDS = {
     "cross_attn_qk_norm_scale": {"attn_qk_norm": True},
     "resi_dual_scale": {"resi_dual": True},
 }
-_FLOATS = [name for name, hint in _TYPED if "float" in str(hint)]
+# keywords that take a bare float (not those that take only a tuple of floats, e.g.
+# rotary_short_factor, where a bare NaN is a wrong type: TypeError)
+_TUPLE_ONLY = "tuple[float, ...] | None"
+_FLOATS = [name for name, hint in _TYPED if "float" in str(hint) and str(hint) != _TUPLE_ONLY]
 _WRAPPER_FLOATS = [f.name for f in dataclasses.fields(WrapperConfig) if "float" in str(f.type)]
 
 

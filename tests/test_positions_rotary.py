@@ -274,3 +274,230 @@ def test_given_rotary_covers_transformer_xl_memories_first():
     torch.testing.assert_close(
         ours(x, mems=mems, rotary_pos_emb=given), expected, atol=1e-5, rtol=0
     )
+
+
+# ----------------------------------------------------------------------- rotary_scaling
+# Frequencies written out in float64 from the papers (Llama 3 report section 3 / its reference
+# code; YaRN eq. 17-21; dynamic NTK; LongRoPE), independently of anyformer's implementation.
+
+from anyformer.nn.positions.rotary_scaling import RotaryScaling  # noqa: E402
+
+
+def _plain(rot: int, theta: float) -> list[float]:
+    return [theta ** (-2 * i / rot) for i in range(rot // 2)]
+
+
+def _llama3_float64(rot, theta, s, original, low, high):
+    out = []
+    for w in _plain(rot, theta):
+        wavelength = 2 * math.pi / w
+        if wavelength < original / high:
+            out.append(w)
+        elif wavelength > original / low:
+            out.append(w / s)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            out.append((1 - smooth) * w / s + smooth * w)
+    return out
+
+
+def _yarn_float64(rot, theta, s, original, beta_fast, beta_slow, truncate):
+    def dim_of(rotations):  # the dimension whose pair turns `rotations` times over `original`
+        return rot * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rot - 1)
+    out = []
+    for i, w in enumerate(_plain(rot, theta)):
+        ramp = min(max((i - low) / (high - low), 0.0), 1.0)  # 0: extrapolate, 1: interpolate
+        out.append(w * (1 - ramp) + (w / s) * ramp)
+    return out
+
+
+def _rotate_by(t: torch.Tensor, positions, freqs, factor=1.0) -> torch.Tensor:
+    """Rotate t (n, d) by p * freqs[i] (float64), cos/sin times factor."""
+    t = t.double().clone()
+    half = len(freqs)
+    out = t.clone()
+    for row, p in enumerate(positions):
+        for i, w in enumerate(freqs):
+            c, s_ = factor * math.cos(p * w), factor * math.sin(p * w)
+            a, b = t[row, i].item(), t[row, i + half].item()
+            out[row, i] = a * c - b * s_
+            out[row, i + half] = b * c + a * s_
+    return out
+
+
+def _scaled(kind, rot=16, head_dim=16, theta=10000.0, **kw):
+    return RotaryEmbedding(rot, head_dim=head_dim, theta=theta, scaling=RotaryScaling(kind, **kw))
+
+
+def test_llama3_frequencies_are_the_published_bands():
+    # theta 100 over 16 features: wavelengths 6.3 .. 3500, so the three bands are all used
+    rot, theta, s, original, low, high = 16, 100.0, 8.0, 64, 1.0, 4.0
+    module = _scaled("llama3", rot, theta=theta, original_max_seq_len=original, factor=s,
+                     low_freq_factor=low, high_freq_factor=high)  # fmt: skip
+    expected = _llama3_float64(rot, theta, s, original, low, high)
+    wavelengths = [2 * math.pi / w for w in _plain(rot, theta)]
+    assert min(wavelengths) < original / high and max(wavelengths) > original / low
+    assert any(original / high < x < original / low for x in wavelengths)
+    assert torch.allclose(module.inv_freq.double(), torch.tensor(expected, dtype=torch.float64),
+                          rtol=1e-6, atol=0)  # fmt: skip
+    torch.manual_seed(1)
+    t = torch.randn(4, 16)
+    positions = [0, 5, 100, 3000]
+    got = _rotate(module, t, torch.tensor(positions))
+    assert (got.double() - _rotate_by(t, positions, expected)).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("truncate", [True, False])
+def test_yarn_frequencies_ramp_and_attention_factor(truncate):
+    rot, theta, s, original = 16, 100.0, 4.0, 64
+    module = _scaled("yarn", rot, theta=theta, original_max_seq_len=original, factor=s,
+                     beta_fast=4.0, beta_slow=1.0, truncate=truncate)  # fmt: skip
+    expected = _yarn_float64(rot, theta, s, original, 4.0, 1.0, truncate)
+    plain = _plain(rot, theta)
+    # some pairs extrapolated (kept), some interpolated (divided by s), the ramp between
+    assert expected[0] == plain[0] and math.isclose(expected[-1], plain[-1] / s)
+    assert torch.allclose(module.inv_freq.double(), torch.tensor(expected, dtype=torch.float64),
+                          rtol=1e-6, atol=0)  # fmt: skip
+    mscale = 0.1 * math.log(s) + 1  # YaRN eq. 21 (sqrt(1/t) applied to cos and sin)
+    assert module.cos_sin_factor == pytest.approx(mscale)
+    torch.manual_seed(2)
+    t = torch.randn(3, 16)
+    positions = [1, 40, 250]
+    got = _rotate(module, t, torch.tensor(positions))
+    assert (got.double() - _rotate_by(t, positions, expected, mscale)).abs().max() < 1e-4
+
+
+def test_dynamic_ntk_base_follows_the_current_length():
+    rot, theta, s, original = 16, 10000.0, 4.0, 32
+    module = _scaled("dynamic", rot, theta=theta, original_max_seq_len=original, factor=s)
+    torch.manual_seed(3)
+    t = torch.randn(50, 16)
+    for n in (20, 32, 50):  # up to the original length: plain rotary; beyond: a larger base
+        length = max(n, original)
+        base = theta * (s * length / original - (s - 1)) ** (rot / (rot - 2))
+        expected = _rotate_by(t[:n], range(n), _plain(rot, base))
+        got = _rotate(module, t[:n], torch.arange(n))
+        assert (got.double() - expected).abs().max() < 1e-4, n
+    # the rows of a longer sequence are rotated differently from the same rows alone
+    assert not torch.allclose(_rotate(module, t, torch.arange(50))[:20],
+                              _rotate(module, t[:20], torch.arange(20)), atol=1e-3)  # fmt: skip
+
+
+def test_longrope_switches_factors_past_the_original_length():
+    rot, theta, original, s = 8, 10000.0, 16, 4.0
+    short, long = (1.0, 1.5, 2.0, 3.0), (1.0, 2.0, 4.0, 8.0)
+    module = _scaled("longrope", rot, head_dim=12, theta=theta, original_max_seq_len=original,
+                     factor=s, short_factor=short, long_factor=long)  # fmt: skip
+    factor = math.sqrt(1 + math.log(s) / math.log(original))
+    torch.manual_seed(4)
+    t = torch.randn(20, 12)
+    for n, divisors in ((16, short), (20, long)):
+        freqs = [w / f for w, f in zip(_plain(rot, theta), divisors)]
+        expected = _rotate_by(t[:n, :rot], range(n), freqs, factor)
+        got = _rotate(module, t[:n], torch.arange(n))
+        assert (got[:, :rot].double() - expected).abs().max() < 1e-4
+        assert torch.equal(got[:, rot:], t[:n, rot:])  # partial rotary: the rest unchanged
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        dict(rotary_scaling="llama3", rotary_scaling_factor=8.0, rotary_original_max_seq_len=8),
+        dict(rotary_scaling="yarn", rotary_scaling_factor=4.0, rotary_original_max_seq_len=8),
+        dict(rotary_scaling="dynamic", rotary_scaling_factor=2.0, rotary_original_max_seq_len=8),
+        dict(rotary_scaling="longrope", rotary_scaling_factor=2.0, rotary_original_max_seq_len=8,
+             rotary_short_factor=(1.0, 1.2, 1.5, 2.0), rotary_long_factor=(1.0, 2.0, 3.0, 4.0)),
+    ],
+    ids=["llama3", "yarn", "dynamic", "longrope"],
+)  # fmt: skip
+def test_scaled_rotary_cached_decoding_equals_a_full_forward_before_the_switch(scaling):
+    """Llama 3 / YaRN: fixed tables, so a cached decode equals the full forward at every length;
+    dynamic / longrope: the same up to the original length (beyond it each step rotates only
+    its new rows with the frequencies of its length; see rotary_scaling.py)."""
+    torch.manual_seed(5)
+    model = TransformerWrapper(
+        num_tokens=50, max_seq_len=64, attn_layers=Decoder(
+            dim=32, depth=2, heads=4, attn_dim_head=8, rotary_pos_emb=True, rotary_emb_dim=8,
+            **scaling,
+        ),
+    ).eval()  # fmt: skip
+    ids = torch.randint(0, 50, (2, 20))
+    n = 20 if scaling["rotary_scaling"] in ("llama3", "yarn") else 8
+    with torch.no_grad():
+        full = model(ids[:, :n])
+        logits, cache = model(ids[:, :3], return_intermediates=True)
+        steps = [logits]
+        for i in range(3, n):
+            logits, cache = model(ids[:, : i + 1], cache=cache, return_intermediates=True)
+            steps.append(logits[:, -1:])
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+    rot = model.attn_layers.rotary
+    assert rot.scaling is not None and rot.scaling.kind == scaling["rotary_scaling"]
+
+
+def test_scaling_keywords_change_nothing_when_off_and_save_with_the_model(tmp_path):
+    from anyformer.serialization import load_pretrained, save_pretrained
+
+    plain = Decoder(dim=16, depth=1, heads=2, rotary_pos_emb=True)
+    assert plain.rotary.scaling is None and plain.rotary.cos_sin_factor == 1.0
+    model = TransformerWrapper(num_tokens=20, max_seq_len=16, attn_layers=Decoder(
+        dim=16, depth=1, heads=2, rotary_pos_emb=True, rotary_emb_dim=8,
+        rotary_scaling="longrope", rotary_original_max_seq_len=4, rotary_attn_factor=1.5,
+        rotary_short_factor=(1.0, 1.0, 2.0, 2.0), rotary_long_factor=(1.0, 2.0, 3.0, 4.0)))  # fmt: skip
+    save_pretrained(model, tmp_path)
+    loaded = load_pretrained(tmp_path)
+    p = loaded.attn_layers.config.positions
+    assert p.rotary_short_factor == (1.0, 1.0, 2.0, 2.0) and p.rotary_attn_factor == 1.5
+    ids = torch.randint(0, 20, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model.eval()(ids))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rotary_scaling": "ntk"}, "rotary_scaling must be None or one of 'llama3'"),
+        ({"rotary_scaling": "yarn", "rotary_scaling_factor": 2.0},
+         "rotary_scaling='yarn' needs rotary_original_max_seq_len"),
+        ({"rotary_yarn_beta_fast": 8.0}, "rotary_yarn_beta_fast was set but rotary_scaling=None"),
+        ({"rotary_scaling": "llama3", "rotary_original_max_seq_len": 8, "rotary_yarn_truncate": False},
+         "rotary_yarn_truncate was set but rotary_scaling='llama3' does not use it"),
+        ({"rotary_scaling": "llama3", "rotary_original_max_seq_len": 8,
+          "rotary_low_freq_factor": 4.0, "rotary_high_freq_factor": 2.0},
+         "rotary_high_freq_factor must be > rotary_low_freq_factor"),
+        ({"rotary_scaling": "dynamic", "rotary_original_max_seq_len": 8,
+          "rotary_scaling_factor": 0.5}, "rotary_scaling_factor must be >= 1, got 0.5"),
+        ({"rotary_scaling": "yarn", "rotary_original_max_seq_len": 8,
+          "rotary_interpolation_factor": 2.0},
+         "rotary_interpolation_factor cannot be combined with rotary_scaling='yarn'"),
+        ({"rotary_scaling": "longrope", "rotary_original_max_seq_len": 8},
+         "rotary_scaling='longrope' needs rotary_short_factor"),
+        ({"rotary_scaling": "longrope", "rotary_original_max_seq_len": 8,
+          "rotary_short_factor": (1.0,), "rotary_long_factor": (1.0,)},
+         r"rotary_short_factor needs one factor per rotated pair \(4 for rotary_emb_dim=8\)"),
+        ({"rotary_short_factor": [1.0]}, "rotary_short_factor must be tuple"),
+    ],
+)  # fmt: skip
+def test_scaling_keyword_errors_name_the_keyword(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Decoder(dim=16, depth=1, heads=2, attn_dim_head=8, rotary_pos_emb=True, **kwargs)
+
+
+def test_scaling_without_rotary_names_rotary_pos_emb():
+    with pytest.raises(ValueError, match="rotary_scaling was set but rotary_pos_emb=False"):
+        Decoder(dim=16, depth=1, heads=2, rotary_scaling="yarn", rotary_original_max_seq_len=8)
+
+
+def test_scaled_rotary_has_no_x_transformers_layout():
+    from anyformer.convert import to_x_transformers_state_dict
+
+    model = TransformerWrapper(num_tokens=20, max_seq_len=16, attn_layers=Decoder(
+        dim=16, depth=1, heads=2, rotary_pos_emb=True, rotary_scaling="llama3",
+        rotary_original_max_seq_len=8, rotary_scaling_factor=2.0))  # fmt: skip
+    with pytest.raises(ValueError, match="x-transformers has no rotary_scaling='llama3'"):
+        to_x_transformers_state_dict(model)

@@ -18,6 +18,7 @@ def test_capabilities_of_a_flash_decoder():
         "fused_attention": True,
         "kv_cache": True,
         "kv_cache_beyond_max_seq_len": False,
+        "packed_documents": True,
         "attention": (
             {"layer": 0, "type": "a", "path": "fused", "explicit_because": (), "kv_cache": True},
         ),
@@ -33,6 +34,7 @@ def test_capabilities_of_an_encoder_without_positions():
         "fused_attention": True,
         "kv_cache": False,
         "kv_cache_beyond_max_seq_len": False,
+        "packed_documents": True,
         "attention": (
             {"layer": 0, "type": "a", "path": "fused", "explicit_because": (), "kv_cache": False},
         ),

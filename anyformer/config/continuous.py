@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from .memory import MemoryOptions
 from .options import check_fields, option
+from .pooling import PoolingOptions
 
 __all__ = ["ContinuousConfig"]
 
 
 @dataclass(frozen=True)
-class ContinuousConfig(MemoryOptions):
+class ContinuousConfig(MemoryOptions, PoolingOptions):
     """Input/output projections and embeddings of a model over real-valued sequences."""
 
     max_seq_len: int = option(
@@ -28,10 +29,25 @@ class ContinuousConfig(MemoryOptions):
         "https://arxiv.org/abs/2202.10447",
     )
 
+    use_identity_if_same_dim: bool = option(
+        False,
+        "no input / output projection where dim_in / dim_out equals the model width "
+        "(x-transformers 2.x)",
+    )
+
+    probabilistic: bool = option(
+        False,
+        "predict a Gaussian per output channel: forward returns stack((mean, variance)) "
+        "(2, b, n, dim_out) from a 2 * dim_out projection (mean, log-variance interleaved); "
+        "ContinuousAutoregressiveWrapper then trains with the Gaussian NLL and samples "
+        "(x-transformers 2.x)",
+    )
+
     def __post_init__(self) -> None:
         owner = "ContinuousTransformerWrapper"
         check_fields(self, owner)
         self.check_memory(owner)
+        self.check_pooling(owner)
         if self.max_seq_len is None or self.max_seq_len < 0:
             raise ValueError(f"{owner}: max_seq_len must be an int >= 0, got {self.max_seq_len!r}")
         for name in ("dim_in", "dim_out"):

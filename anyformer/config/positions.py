@@ -11,6 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .options import check_fields, current_prefix, option
+from .rotary_scaling import (
+    DYNAMIC_NTK,
+    LLAMA3,
+    LONGROPE,
+    SCALING_DEFAULTS,
+    YARN,
+    check_scaling,
+    check_scaling_stack,
+)
 
 __all__ = ["PositionConfig"]
 
@@ -20,6 +29,8 @@ _ROTARY_OPTIONS = {
     "rotary_interpolation_factor": 1.0,
     "rotary_base_rescale_factor": 1.0,
     "rotary_theta": 10000.0,
+    "rotary_local_theta": None,
+    **SCALING_DEFAULTS,
 }
 _ROTARY = "https://arxiv.org/abs/2104.09864"
 _XPOS = "https://arxiv.org/abs/2212.10554"
@@ -56,6 +67,61 @@ class PositionConfig:
     )
     rotary_theta: float = option(
         10000.0, "rotary base (Llama 1/2: 10000, Llama 3: 500000)", _ROTARY
+    )
+    rotary_local_theta: float | None = option(
+        None,
+        "rotary base of the self-attention layers that have a sliding window "
+        "(attn_sliding_window), plain rotary without scaling; the global layers keep "
+        "rotary_theta and rotary_scaling (Gemma 3: 10000 local, 1000000 global); None: one "
+        "base. anyformer's own keyword",
+        "https://arxiv.org/abs/2503.19786",
+    )
+    rotary_scaling: str | None = option(
+        None,
+        "rotary context extension recomputing the frequencies: 'llama3' (band-wise division), "
+        "'yarn' (per-dimension ramp + attention factor), 'dynamic' (NTK base from the current "
+        "length), 'longrope' (per-dimension short/long factors); None: off",
+        f"{LLAMA3} {YARN} {DYNAMIC_NTK} {LONGROPE}",
+    )
+    rotary_scaling_factor: float = option(
+        1.0, "rotary_scaling: the context extension factor s (>= 1)", YARN
+    )
+    rotary_original_max_seq_len: int | None = option(
+        None,
+        "rotary_scaling: the context length the model was trained with (required by every "
+        "rotary_scaling)",
+        YARN,
+    )
+    rotary_low_freq_factor: float = option(
+        1.0, "rotary_scaling='llama3': wavelengths above original / this are divided by s", LLAMA3
+    )
+    rotary_high_freq_factor: float = option(
+        4.0, "rotary_scaling='llama3': wavelengths below original / this are kept", LLAMA3
+    )
+    rotary_yarn_beta_fast: float = option(
+        32.0, "rotary_scaling='yarn': dimensions with more rotations are extrapolated", YARN
+    )
+    rotary_yarn_beta_slow: float = option(
+        1.0, "rotary_scaling='yarn': dimensions with fewer rotations are interpolated", YARN
+    )
+    rotary_yarn_truncate: bool = option(
+        True, "rotary_scaling='yarn': round the ramp's bounds to whole dimensions", YARN
+    )
+    rotary_attn_factor: float | None = option(
+        None,
+        "rotary_scaling: cos/sin are multiplied by this (yarn default 0.1 ln s + 1, longrope "
+        "default sqrt(1 + ln s / ln original); else 1)",
+        YARN,
+    )
+    rotary_short_factor: tuple[float, ...] | None = option(
+        None,
+        "rotary_scaling='longrope': per-frequency divisors while the length <= original",
+        LONGROPE,
+    )
+    rotary_long_factor: tuple[float, ...] | None = option(
+        None,
+        "rotary_scaling='longrope': per-frequency divisors once the length > original",
+        LONGROPE,
     )
     alibi_pos_bias: bool = option(
         False, "ALiBi: a linear distance penalty per head added to the attention logits", _ALIBI
@@ -112,6 +178,7 @@ class PositionConfig:
                 raise ValueError(
                     f"AttentionLayers: {p}{name} must be > 0, got {getattr(self, name)}"
                 )
+        self._check_local_theta(p)
         if not self.uses_rotary:
             changed = [n for n, d in _ROTARY_OPTIONS.items() if getattr(self, n) != d]
             if changed:
@@ -119,6 +186,7 @@ class PositionConfig:
                     f"AttentionLayers: {p}{changed[0]} was set but {p}rotary_pos_emb=False "
                     f"(turn {p}rotary_pos_emb on, or drop the option)"
                 )
+        check_scaling(self, p)
         if self.alibi_num_heads is not None:
             if not self.alibi_pos_bias:
                 raise ValueError(
@@ -162,6 +230,18 @@ class PositionConfig:
         if self.rotary_emb_dim is not None:
             return self.rotary_emb_dim
         return min(max(dim_head // 2, 32), dim_head - dim_head % 2)
+
+    def _check_local_theta(self, p: str) -> None:
+        local = self.rotary_local_theta
+        if local is None:
+            return
+        if not local > 0:
+            raise ValueError(f"AttentionLayers: {p}rotary_local_theta must be > 0, got {local}")
+        if self.rotary_xpos:
+            raise ValueError(
+                f"AttentionLayers: {p}rotary_local_theta cannot be combined with {p}rotary_xpos "
+                "(the local layers use plain rotary)"
+            )
 
     def check_stack(
         self,
@@ -220,6 +300,8 @@ class PositionConfig:
                 "so it needs more than 2 rotated features, got "
                 f"{p}rotary_emb_dim={self.rotary_dim(dim_head)}"
             )
+        if self.uses_rotary:
+            check_scaling_stack(self, self.rotary_dim(dim_head), p)
         if self.uses_rotary and self.rotary_dim(dim_head) < 2:
             raise ValueError(
                 f"AttentionLayers: {p}rotary_pos_emb needs {p}attn_dim_head >= 2, got {dim_head}"

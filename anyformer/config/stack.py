@@ -89,6 +89,54 @@ class StackConfig:
     zero_init_branch_output: bool = option(
         False, "zero-initialise every attention and feedforward output projection"
     )
+    # --- residual streams (config/structure.py checks them; stack/streams.py runs them) ---
+    use_layerscale: bool = option(
+        False,
+        "LayerScale: every branch output times a learned per-channel vector",
+        "https://arxiv.org/abs/2103.17239",
+    )
+    layerscale_init_value: float = option(0.0, "LayerScale: the vector's initial value")
+    use_adaptive_layerscale: bool = option(
+        False,
+        "adaLN-Zero gate: every branch output times sigmoid(linear(condition)) (DiT; with an "
+        "adaptive norm, forward's condition=)",
+        "https://arxiv.org/abs/2212.09748",
+    )
+    add_value_residual: bool = option(
+        False,
+        "value residual learning: every attention's values are mixed with the first "
+        "attention's values of its kind (ResFormer)",
+        "https://arxiv.org/abs/2410.17897",
+    )
+    learned_value_residual_mix: bool = option(
+        True,
+        "value residual: self-attention mixes with a per-token, per-head learned weight "
+        "sigmoid(linear(x)) (False: 0.5)",
+    )
+    reinject_input: bool = option(
+        False,
+        "add a linear map of the stack's input to every branch input (before its norm)",
+        "https://arxiv.org/abs/1909.01377",
+    )
+    learned_reinject_input_gate: bool = option(
+        False, "reinject_input: gate the reinjected input per token by sigmoid(linear(input))"
+    )
+    num_residual_streams: int = option(
+        1,
+        "hyper-connections: this many residual streams, mixed per token by learned dynamic "
+        "weights (1: the plain residual)",
+        "https://arxiv.org/abs/2409.19606",
+    )
+    hyper_conn_sinkhorn_iters: int = option(
+        5,
+        "hyper-connections: Sinkhorn iterations making the stream mixing doubly stochastic (mHC)",
+        "https://arxiv.org/abs/2512.24880",
+    )
+    unet_skips: bool = option(
+        False,
+        "U-Net skips: the latter half's blocks take a linear map of [an earlier block's input, "
+        "their input] (as x-transformers 2.x)",
+    )
     # --- structure: layer orders ---
     custom_layers: tuple[str, ...] | None = option(
         None, "explicit layer types, e.g. ('a', 'f', 'f'): 'a' self-, 'c' cross-attention, 'f' ff"
@@ -141,6 +189,13 @@ class StackConfig:
         "residual attention across the cross-attention layers (explicit attention path)",
         "https://arxiv.org/abs/2012.11747",
     )
+    softclamp_output: bool = option(
+        False,
+        "soft-cap the stack's output before the final norm: v * tanh(x / v), "
+        "v = softclamp_output_value (x-transformers 2.x)",
+        "https://arxiv.org/abs/2408.00118",
+    )
+    softclamp_output_value: float = option(30.0, "softclamp_output: the cap v (> 0)")
     attention: AttentionConfig = option(AttentionConfig(), "self-attention options (attn_*)")
     cross_attention: AttentionConfig = option(
         AttentionConfig(), "cross-attention options (cross_attn_* over attn_*)"
@@ -173,7 +228,21 @@ class StackConfig:
                     "the two"
                 )
         check_structure(self)
+        if not self.softclamp_output_value > 0:
+            raise ValueError(
+                f"AttentionLayers: {p}softclamp_output_value must be > 0, got "
+                f"{self.softclamp_output_value}"
+            )
+        if self.softclamp_output_value != 30.0 and not self.softclamp_output:
+            raise ValueError(
+                f"AttentionLayers: {p}softclamp_output_value was set but {p}softclamp_output=False"
+            )
         self._check_qk_scale_with_rotary()
+        if self.attention.data_dependent_alibi and self.positions.bias_keywords:
+            raise ValueError(
+                f"AttentionLayers: {p}attn_data_dependent_alibi=True is an additive position "
+                f"bias; drop {p}{self.positions.bias_keywords[0]}=True (at most one)"
+            )
         self.positions.check_stack(
             causal=self.causal,
             dim=self.dim,

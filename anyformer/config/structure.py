@@ -182,11 +182,80 @@ def _check_residuals(config: Any) -> None:
         )
 
 
+def _check_hyper(config: Any) -> None:
+    p = current_prefix()
+    if config.num_residual_streams < 1:
+        raise ValueError(
+            f"{_OWNER}: {p}num_residual_streams must be >= 1, got {config.num_residual_streams}"
+        )
+    if config.hyper_conn_sinkhorn_iters < 0:
+        raise ValueError(
+            f"{_OWNER}: {p}hyper_conn_sinkhorn_iters must be >= 0, got "
+            f"{config.hyper_conn_sinkhorn_iters}"
+        )
+    if config.num_residual_streams == 1:
+        return
+    for name in ("gate_residual", "resi_dual", "reinject_input", "scale_residual"):
+        if getattr(config, name):
+            raise ValueError(
+                f"{_OWNER}: {p}num_residual_streams={config.num_residual_streams} "
+                f"(hyper-connections) replaces the residual connection, which {p}{name}=True "
+                "also changes: drop one of the two"
+            )
+    if config.scale_residual_constant != 1:
+        raise ValueError(
+            f"{_OWNER}: {p}num_residual_streams > 1 (hyper-connections) cannot be combined with "
+            f"{p}scale_residual_constant={config.scale_residual_constant}"
+        )
+
+
+def _check_streams(config: Any) -> None:
+    """The residual-stream options (layer scale, value residual, reinjection, U-Net skips)."""
+    p = current_prefix()
+    _exclusive(config, "use_layerscale", "use_adaptive_layerscale", "both scale the branch")
+    if config.learned_reinject_input_gate and not config.reinject_input:
+        raise ValueError(
+            f"{_OWNER}: {p}learned_reinject_input_gate=True gates the reinjected input: it "
+            f"needs {p}reinject_input=True"
+        )
+    if config.norm.kind == "dynamic_tanh" and not config.pre_norm:
+        raise ValueError(
+            f"{_OWNER}: {p}use_dynamic_tanh=True replaces the pre-norms: it needs {p}pre_norm=True"
+        )
+    if config.resi_dual and (config.norm.conditioned or config.use_adaptive_layerscale):
+        raise ValueError(
+            f"{_OWNER}: {p}resi_dual=True cannot be combined with norms or scales conditioned "
+            "on forward's condition"
+        )
+    _check_hyper(config)
+    kv_heads = config.attention.kv_heads_for(config.heads)
+    learned = config.add_value_residual and config.learned_value_residual_mix
+    if learned and kv_heads != config.heads:
+        raise ValueError(
+            f"{_OWNER}: {p}add_value_residual=True with {p}learned_value_residual_mix=True "
+            f"weights the values per query head, but the stack has {kv_heads} key/value heads "
+            f"for {p}heads={config.heads}: set {p}learned_value_residual_mix=False (a 0.5 mix)"
+        )
+    if not config.unet_skips:
+        return
+    for other in ("custom_layers", "par_ratio", "sandwich_coef", "layers_execute_order"):
+        _exclusive(config, "unet_skips", other, "the skips pair the blocks of the default order")
+    _exclusive(config, "unet_skips", "weight_tie_layers", "the skips pair distinct blocks")
+    kept, latter = config.depth // len(default_block(config)), config.depth // 2
+    if kept < 1 or kept < latter:
+        raise ValueError(
+            f"{_OWNER}: {p}unet_skips=True keeps depth // {len(default_block(config))} (layers "
+            f"per block) = {kept} block inputs for the {latter} blocks of the latter half "
+            f"(x-transformers 2.x's pairing): needs {p}depth >= 2 and blocks of at most 2 layers"
+        )
+
+
 def check_structure(config: Any) -> None:
     """Validate the structure options of a StackConfig (errors name the keywords)."""
     p = current_prefix()
     _check_orders(config)
     _check_residuals(config)
+    _check_streams(config)
     _check_per_layer(config, "shift_tokens", 0, None)
     widest = max(per_layer(config.shift_tokens, 1))
     groups = widest + 1 if config.causal else 2 * widest + 1

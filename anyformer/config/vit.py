@@ -22,6 +22,18 @@ class ViTConfig:
         0, "learned register tokens appended to the patches", "https://arxiv.org/abs/2309.16588"
     )
     emb_dropout: float = option(0.0, "dropout after the embeddings")
+    use_cls_token: bool = option(
+        False,
+        "prepend a learned CLS token (with its own learned position); its output is the pooled "
+        "feature the head reads, instead of the mean over the patches (original ViT)",
+        "https://arxiv.org/abs/2010.11929",
+    )
+    patch_norm: bool = option(
+        True,
+        "LayerNorms before and after the patch projection (dual PatchNorm); False: the plain "
+        "linear patch embedding of the original ViT (a stride-p convolution)",
+        "https://arxiv.org/abs/2302.01327",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "ViTransformerWrapper")
@@ -47,6 +59,11 @@ class ViTConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of the learned position table: the patches, and the CLS token if any."""
+        return self.num_patches + int(self.use_cls_token)
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ from typing import Any
 from .later import LATER_WRAPPER
 from .memory import MemoryOptions
 from .options import check_fields, current_prefix, option
+from .pooling import PoolingOptions
 
 __all__ = ["WrapperConfig", "split_keywords", "wrapper_keywords"]
 
 
 @dataclass(frozen=True)
-class WrapperConfig(MemoryOptions):
+class WrapperConfig(MemoryOptions, PoolingOptions):
     """Embedding and head options of a token model."""
 
     num_tokens: int = option(None, "vocabulary size of the token embedding")
@@ -54,10 +55,44 @@ class WrapperConfig(MemoryOptions):
     embed_num_tokens: dict = option(
         {}, "extra embeddings summed into the input, name -> vocabulary size (BERT token types)"
     )
+    embed_ids_default: dict = option(
+        {},
+        "extra embeddings whose ids forward's embed_ids may omit, name -> the id every token "
+        "gets then (Hugging Face BERT: {'token_type': 0}); anyformer's own keyword",
+    )
+
+    logit_softclamp_value: float | None = option(
+        None,
+        "soft-cap the output logits at v: v * tanh(logits / v) (Gemma 2's "
+        "final_logit_softcapping, 30); None: no cap. anyformer's own keyword (not in "
+        "x-transformers)",
+        "https://arxiv.org/abs/2408.00118",
+    )
+
+    token_emb_scale: float | None = option(
+        None,
+        "multiply the token embeddings by this value, rounded to the model's dtype first "
+        "(Gemma: sqrt(dim)); None: unscaled. anyformer's own keyword (not in x-transformers)",
+        "https://arxiv.org/abs/2403.08295",
+    )
+
+    input_not_include_cache: bool = option(
+        False,
+        "default of forward's input_not_include_cache: with cache=, x holds only the new tokens",
+    )
 
     def __post_init__(self) -> None:
         p = current_prefix()
         check_fields(self, "TransformerWrapper", p)
+        self.check_pooling("TransformerWrapper")
+        scale = self.token_emb_scale
+        if scale is not None and not scale > 0:
+            raise ValueError(f"TransformerWrapper: {p}token_emb_scale must be > 0, got {scale}")
+        if self.logit_softclamp_value is not None and not self.logit_softclamp_value > 0:
+            raise ValueError(
+                f"TransformerWrapper: {p}logit_softclamp_value must be > 0 (or None), got "
+                f"{self.logit_softclamp_value}"
+            )
         self.check_memory("TransformerWrapper")
         if self.num_tokens is None or self.num_tokens < 1:
             raise ValueError(
@@ -90,6 +125,14 @@ class WrapperConfig(MemoryOptions):
                 raise ValueError(
                     f"TransformerWrapper: {p}embed_num_tokens must map names (str) to vocabulary "
                     f"sizes (int >= 1), got {name!r}: {size!r}"
+                )
+        for name, default in self.embed_ids_default.items():
+            size = self.embed_num_tokens.get(name)
+            if size is None or not isinstance(default, int) or not 0 <= default < size:
+                raise ValueError(
+                    f"TransformerWrapper: {p}embed_ids_default must map names of "
+                    f"{p}embed_num_tokens ({sorted(self.embed_num_tokens)}) to an id in [0, "
+                    f"size), got {name!r}: {default!r}"
                 )
 
     @property

@@ -2,10 +2,14 @@
 
 Build the anyformer model with the keywords the x-transformers model was built with, then
 ``load_x_transformers_state_dict(model, state_dict)``; ``to_x_transformers_state_dict(model)``
-goes the other way. The layout is the one of x-transformers 1.28.x (2.x where its module layout
-is the same: 2.x releases store LayerNorm gains as ``gamma``, by default with a unit offset, and
-such checkpoints are refused with that reason). Where the layouts differ, a rule below says how;
-everything else keeps its name.
+goes the other way. ``version=1`` (the default) is the layout of x-transformers 1.28.x;
+``version=2`` the one of 2.x releases (tested against 2.31.10): their LayerNorm gains are
+``gamma`` and, with 2.x's default ``norm_add_unit_offset=True``, every norm gain of the stack
+(LayerNorm, RMSNorm, ScaleNorm, and LayerScale / DynamicTanh) is stored minus its unit offset
+(weight = stored + 1); pass ``norm_add_unit_offset=False`` for a 2.x model built with it off. The
+layout cannot be told from the keys alone (an RMSNorm gain is ``g`` in both), so it is an
+argument. Where the layouts differ, a rule below says how; everything else keeps its name. A rule
+reads the layout being converted with ``current_layout()``.
 
 A rule is a function of one anyformer module that returns specs, all relative to that module:
 
@@ -26,30 +30,39 @@ New modules or options add a rule to ``RULES`` (or a spec to an existing rule).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..nn.attention import Attention, FusedQKV, SplitQKV
+from ..nn.dyt import DynamicTanh
 from ..nn.feedforward import FeedForward
-from ..nn.norms import RMSNorm
+from ..nn.latent_attention import LatentQKV
+from ..nn.layer_scale import LayerScale
+from ..nn.norms import LayerNorm, RMSNorm
 from ..nn.positions import DynamicPositionBias, RelativePositionBias
 from ..nn.talking_heads import TalkingHeads
+from ..nn.value_residual import ValueResidualMix
 from ..stack.blocks import Block
 from ..stack.layers import AttentionLayers
 from ..wrappers.transformer import TransformerWrapper
 from ..wrappers.xtransformer import XTransformer
+from .x_transformers_support import check_x_transformers_support
 
 __all__ = [
     "RULES",
     "Derived",
     "Extra",
     "Fused",
+    "Layout",
     "Mapped",
     "Rename",
+    "current_layout",
     "load_x_transformers_state_dict",
     "to_x_transformers_state_dict",
 ]
@@ -112,23 +125,111 @@ class Extra:
 Spec = Rename | Fused | Mapped | Derived | Extra
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The x-transformers release whose layout is converted: ``version`` 1 (1.28.x) or 2 (2.x);
+    ``unit_offset``: 2.x's ``norm_add_unit_offset`` (stack norm gains stored minus 1)."""
+
+    version: int = 1
+    unit_offset: bool = False
+    #: 2.x rotates interleaved pairs (2i, 2i+1) of a head's first ``dim`` channels, 1.28.x and
+    #: anyformer the halves (i, i + dim/2): id(q/k projection module) -> rotary dim, whose rows
+    #: are permuted (the attention logits are unchanged: q and k get the same permutation)
+    rotary: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def offset(self) -> float:
+        """What x-transformers adds to a stored stack-norm gain (0 or 1)."""
+        return 1.0 if self.version == 2 and self.unit_offset else 0.0
+
+
+_LAYOUT: ContextVar[Layout | None] = ContextVar("x_transformers_layout", default=None)
+
+
+def current_layout() -> Layout:
+    """The layout of the conversion in progress (rules read it; 1.28.x outside a conversion)."""
+    return _LAYOUT.get() or Layout()
+
+
+@contextmanager
+def _layout(layout: Layout) -> Iterator[None]:
+    token = _LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
+
+
+def _shifted(ours: str, theirs: str, offset: float) -> Mapped:
+    """Our tensor ``ours`` (a path below the rule's module) is stored as ``theirs`` minus
+    ``offset`` (2.x's unit offset; 0: the same values)."""
+    if not offset:
+        return Mapped(ours, theirs, lambda t: t, lambda t: t)
+    return Mapped(ours, theirs, lambda t: t - offset, lambda t: t + offset)
+
+
+def _norm_gain_specs(slot: str, norm: nn.Module, theirs: str) -> list[Spec]:
+    """The gain of a stack norm in slot ``slot`` (x-transformers' ``theirs``), with 2.x's unit
+    offset where the layout has one; a norm without a gain or of another type: nothing."""
+    layout = current_layout()
+    if isinstance(norm, DynamicTanh):  # 2.x stores alpha minus its initial value
+        alpha_offset = norm.init_alpha if layout.offset else 0.0
+        return [
+            _shifted(f"{slot}.alpha", f"{theirs}.pre_tanh_scale", alpha_offset),
+            _shifted(f"{slot}.weight", f"{theirs}.gamma", layout.offset),
+            _shifted(f"{slot}.bias", f"{theirs}.beta", 0.0),
+        ]
+    if layout.version != 2 or not isinstance(norm, (LayerNorm, RMSNorm)):
+        return []
+    if norm.weight is None:
+        return []
+    name = "gamma" if isinstance(norm, LayerNorm) else "g"
+    return [_shifted(f"{slot}.weight", f"{theirs}.{name}", layout.offset)]
+
+
 # --- the rules, one per anyformer module type whose layout differs --------------------------
 
 
 def _block(m: Block) -> list[Spec]:
     # x-transformers: layers.i = ModuleList([ModuleList([pre, post_branch, post_main]), branch, residual])
+    norms = [
+        spec
+        for ours, theirs in (("pre_norm", "0.0"), ("post_branch_norm", "0.1"), ("post_norm", "0.2"))
+        for spec in _norm_gain_specs(ours, getattr(m, ours), theirs)
+    ]
+    # x-transformers wraps the branch in ShiftTokens (token shift), then in LayerScale /
+    # AdaptiveLayerScale (use_layerscale / use_adaptive_layerscale): each has the child "fn"
+    scale = m.branch_scale
+    branch = "1.fn" if m.token_shift is not None else "1"
+    specs: list[Spec] = []
+    if scale is not None:
+        branch = branch.replace("1", "1.fn", 1)
+        specs.append(Rename("branch_scale", "1"))
+        if isinstance(scale, LayerScale):
+            specs.append(_shifted("branch_scale.gamma", "1.gamma", current_layout().offset))
     return [
+        *norms,
+        *specs,
         Rename("pre_norm", "0.0"),
         Rename("post_branch_norm", "0.1"),
         Rename("post_norm", "0.2"),
-        # token shift: x-transformers wraps the branch in ShiftTokens (its child "fn")
-        Rename("branch", "1.fn" if m.token_shift is not None else "1"),
+        Rename("branch", branch),
         Rename("residual", "2"),
     ]
 
 
+def _value_residual_mix(m: ValueResidualMix) -> list[Spec]:
+    return [Rename("proj", "0")]  # x-transformers: Sequential(Linear, Sigmoid, Rearrange)
+
+
 def _rms_norm(m: RMSNorm) -> list[Spec]:
     return [Rename("weight", "g")]  # RMSNorm / ScaleNorm gains are "g" in x-transformers
+
+
+def _layer_norm(m: LayerNorm) -> list[Spec]:
+    # 1.28.x: torch's LayerNorm ("weight"); 2.x: its own LayerNorm ("gamma"; no offset outside
+    # the stack's norms, e.g. ff_post_act_ln, post_emb_norm)
+    return [Rename("weight", "gamma")] if current_layout().version == 2 else []
 
 
 def _gqa_order(heads: int, kv_heads: int) -> Tensor | None:
@@ -179,8 +280,15 @@ def _talking_heads_maps(
 def _attention(m: Attention) -> list[Spec]:
     # to_q / to_k / to_v, the qk-norm scales, mem_k / mem_v, to_r, to_v_head_gate and
     # head_scale_params sit directly in x-transformers' Attention
+    if m.qk_rmsnorm is not None:
+        raise ValueError(
+            "attn_qk_rmsnorm has no x-transformers checkpoint mapping yet (1.28.x lacks it; 2.x "
+            "stores q_rmsnorm/k_rmsnorm gammas in its interleaved rotary layout): save this "
+            "model with save_pretrained instead"
+        )
     specs: list[Spec] = [
         Rename("qkv", ""),
+        Rename("value_residual", "to_value_residual_mix"),
         Rename("qk_norm", ""),
         Rename("prepended", ""),
         Rename("head_ops", ""),
@@ -203,6 +311,21 @@ def _attention(m: Attention) -> list[Spec]:
                 per_head.append((f"qk_norm.{name}", name, 0, 1))
     for ours, theirs, dim, size in per_head:
         specs.append(Mapped(ours, theirs, *_head_maps(order, dim, size)))
+    if m.data_alibi is not None:  # 2.x: data_dependent_alibi.to_forget_gates.0 (a Linear)
+        # rows: a gate per head, or per row (query, key) x heads x dim_head
+        per_row = getattr(m.data_alibi, "dim_head", None)
+        maps = _head_maps(order, 0, 1) if per_row is None else _halves_maps(order, per_row)
+        for name in ("weight", "bias") if per_row is None else ("weight",):
+            ours, theirs = f"data_alibi.to_forget_gates.{name}", f"to_forget_gates.0.{name}"
+            specs.append(Mapped(ours, f"data_dependent_alibi.{theirs}", *maps))
+    if m.sink is not None:  # x-transformers 2.x keeps the sink logits in its Attend
+        specs.append(
+            Mapped("sink.head_attn_sink", "attend.head_attn_sink", *_head_maps(order, 0, 1))
+        )
+    if m.to_output_gate is not None:
+        specs.append(
+            Mapped("to_output_gate.weight", "to_output_gate.weight", *_gate_maps(m, order))
+        )
     for hooks, theirs in (("logit_hooks", "pre"), ("prob_hooks", "post")):
         for i, hook in enumerate(getattr(m.attend, hooks)):
             if isinstance(hook, TalkingHeads):
@@ -210,6 +333,108 @@ def _attention(m: Attention) -> list[Spec]:
                 maps = _talking_heads_maps(order, m.heads)
                 specs.append(Mapped(f"attend.{hooks}.{i}.weight", name, *maps))
     return specs
+
+
+def _halves_maps(
+    order: Tensor | None, size: int
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """Rows of two halves (queries, keys), each one block of `size` per query head."""
+    to_theirs, to_ours = _head_maps(order, 1, size)
+
+    def split(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        return lambda t: f(t.reshape(2, -1, *t.shape[1:])).reshape(t.shape)
+
+    return split(to_theirs), split(to_ours)
+
+
+def _gate_maps(
+    m: Attention, order: Tensor | None
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """The output gate's weight: rows (a gate per head or per feature) and columns (the merged
+    head outputs) both in head order."""
+    gate = m.to_output_gate
+    rows_t, rows_o = _head_maps(order, 0, 1 if gate is not None and gate.headwise else m.value_dim)
+    cols_t, cols_o = _head_maps(order, 1, m.value_dim)
+    return (lambda w: cols_t(rows_t(w))), (lambda w: cols_o(rows_o(w)))
+
+
+def _rotary_dims(model: nn.Module) -> dict[int, int]:
+    """id(q/k projection) -> rotary dim, for the attention modules that rotate."""
+    found: dict[int, int] = {}
+    for m in model.modules():
+        position = getattr(m, "position", None) if isinstance(m, Attention) else None
+        if position is not None and hasattr(position, "inv_freq"):
+            found[id(m.qkv)] = int(getattr(position, "dim"))  # noqa: B009 - the rotary width
+        if isinstance(m, AttentionLayers) and m.rotary is not None:
+            # cross-attention rotates with the stack's rotary when forward gets context_pos
+            for block in m.layers:
+                if getattr(block, "is_cross", False) and isinstance(block.branch, Attention):
+                    found.setdefault(id(block.branch.qkv), m.rotary.dim)
+    return found
+
+
+def _halves_from_pairs(rows: int, dim_head: int, rot: int, offset: int, total: int) -> Tensor:
+    """Row index over ``total`` rows: ours[i] = theirs[index[i]] for a block of ``rows`` rows
+    starting at ``offset`` whose heads (``dim_head`` rows each) rotate their first ``rot``."""
+    index = torch.arange(total)
+    within = torch.cat((torch.arange(0, rot, 2), torch.arange(1, rot, 2)))
+    for head in range(rows // dim_head):
+        start = offset + head * dim_head
+        index[start : start + rot] = start + within
+    return index
+
+
+def _rotary_maps(
+    m: FusedQKV | SplitQKV, part_rows: tuple[int, ...], rotated: tuple[bool, ...]
+) -> tuple | None:
+    """(to_theirs, to_ours) on a projection's rows (parts of ``part_rows``, the ``rotated`` ones
+    holding rotated heads) under the 2.x layout; None where nothing is rotated."""
+    rot = current_layout().rotary.get(id(m))
+    if rot is None or not any(rotated):
+        return None
+    dim_head = m.sizes[1] // max(getattr(m, "kv_heads", 1), 1)
+    total, offset = sum(part_rows), 0
+    index = torch.arange(total)
+    for rows, is_rotated in zip(part_rows, rotated):
+        if is_rotated:
+            block = _halves_from_pairs(rows, dim_head, rot, offset, total)
+            index[offset : offset + rows] = block[offset : offset + rows]
+        offset += rows
+    inverse = torch.argsort(index)
+    return (
+        lambda t: t.index_select(0, inverse.to(t.device)),
+        lambda t: t.index_select(0, index.to(t.device)),
+    )
+
+
+def _latent_qkv(m: LatentQKV) -> list[Spec]:
+    """Multi-head latent attention: 2.x's names; under the 2.x rotary layout (pairs) the rows of
+    the rotated heads (the last ``rope_subheads`` query heads, every decoupled key head) are
+    reordered to ours (halves)."""
+    rot = current_layout().rotary.get(id(m))
+    s, d = m.rope_subheads, m.dim_head
+    if rot is None or not s:
+        return []
+    specs: list[Spec] = []
+    for name, heads in (("to_q", m.heads), ("to_rotateable_k", s)):
+        index = _halves_from_pairs(s * d, d, rot, (heads - s) * d, heads * d)
+        maps = _row_maps(torch.argsort(index)), _row_maps(index)
+        specs.append(Mapped(f"{name}.weight", f"{name}.weight", *maps))
+    return specs
+
+
+def _row_maps(index: Tensor) -> Callable[[Tensor], Tensor]:
+    """t -> its rows in the order ``index``."""
+    return lambda t: t.index_select(0, index.to(t.device))
+
+
+def _compose(first: tuple, then: tuple | None) -> tuple:
+    """Maps applying ``first`` and ``then`` (both row maps that commute) in one."""
+    if then is None:
+        return first
+    if not first:
+        return then
+    return (lambda t: then[0](first[0](t)), lambda t: then[1](first[1](t)))
 
 
 def _sizes(m: FusedQKV | SplitQKV) -> tuple[int, ...]:
@@ -248,13 +473,17 @@ def _fused_qkv(m: FusedQKV) -> list[Spec]:
     # sizes: (q, k, v), or (q, k) when the values are the keys (shared_kv: no to_v)
     sizes = _sizes(m)
     theirs = ("to_q", "to_k", "to_v")[: len(sizes)]
-    return _qkv_specs("to_qkv", theirs, sizes, m.to_qkv, _query_maps(m))
+    rotary = _rotary_maps(m, sizes, (True, True, False)[: len(sizes)])
+    return _qkv_specs("to_qkv", theirs, sizes, m.to_qkv, _compose(_query_maps(m), rotary))
 
 
 def _split_qkv(m: SplitQKV) -> list[Spec]:
     sizes = _sizes(m)[1:]
-    specs = _qkv_specs("to_kv", ("to_k", "to_v")[: len(sizes)], sizes, m.to_kv)
-    maps = _query_maps(m)
+    rotary_kv = _rotary_maps(m, sizes, (True, False)[: len(sizes)])
+    specs = _qkv_specs(
+        "to_kv", ("to_k", "to_v")[: len(sizes)], sizes, m.to_kv, _compose((), rotary_kv)
+    )
+    maps = _compose(_query_maps(m), _rotary_maps(m, _sizes(m)[:1], (True,)))
     if maps:
         specs.append(Mapped("to_q.weight", "to_q.weight", *maps))
         if m.to_q.bias is not None:
@@ -305,9 +534,21 @@ def _positions(m: AttentionLayers) -> list[Spec]:
         for t in ("weight", "bias"):
             maps = _head_maps(order, 0, 1)
             specs.append(Mapped(f"attn_bias.{last}.{t}", f"rel_pos.{last}.{t}", *maps))
+    if current_layout().version == 2 and isinstance(bias, DynamicPositionBias):
+        first = bias.mlp[0]  # Linear(1, d) [+ LayerNorm] + SiLU: 2.x's own LayerNorm, "gamma"
+        for name, child in first.named_children():
+            if isinstance(child, nn.LayerNorm) and child.weight is not None:
+                ours, theirs = f"attn_bias.mlp.0.{name}.weight", f"rel_pos.mlp.0.{name}.gamma"
+                specs.append(Mapped(ours, theirs, *_head_maps(None, 0, 1)))
     rotary = m.rotary
     if rotary is None:
         return specs
+    if rotary.scaling is not None:
+        raise ValueError(
+            f"x-transformers has no rotary_scaling={rotary.scaling.kind!r} (its rotary "
+            "frequencies are plain): this model has no x-transformers checkpoint layout (save it "
+            "with save_pretrained instead)"
+        )
     reason = (
         "the rotary {} differ from those of this model's keywords (rotary_emb_dim, rotary_theta, "
         "rotary_base_rescale_factor): build the anyformer model with the checkpoint's options"
@@ -336,9 +577,10 @@ def _positions(m: AttentionLayers) -> list[Spec]:
 
 def _attention_layers(m: AttentionLayers) -> list[Spec]:
     c = m.config
-    specs = _positions(m)
-    if not (c.pre_norm and not c.pre_norm_has_final_norm):
-        return specs
+    specs = _positions(m) + _norm_gain_specs("final_norm", m.final_norm, "final_norm")
+    specs.append(Rename("streams", ""))  # reinject_input_proj, skip_combines, ... as in 2.x
+    if not (c.pre_norm and not c.pre_norm_has_final_norm) or current_layout().version == 2:
+        return specs  # 2.x builds the final norm only when asked
     weight = next(m.parameters())
     kind = c.norm.kind
     if kind == "simple_rmsnorm":
@@ -384,8 +626,11 @@ RULES: dict[type, Callable[[Any], list[Spec]]] = {
     Attention: _attention,
     FusedQKV: _fused_qkv,
     SplitQKV: _split_qkv,
+    LatentQKV: _latent_qkv,
     FeedForward: _feedforward,
     RMSNorm: _rms_norm,
+    LayerNorm: _layer_norm,
+    ValueResidualMix: _value_residual_mix,
     AttentionLayers: _attention_layers,
     TransformerWrapper: _transformer_wrapper,
     XTransformer: _xtransformer,
@@ -494,8 +739,41 @@ def _check_model(fn: str, model: nn.Module) -> None:
 # --- public API --------------------------------------------------------------------------
 
 
-def to_x_transformers_state_dict(model: nn.Module) -> dict[str, Tensor]:
+def _supported_links(fn: str, model: nn.Module, layout: Layout) -> list[_Link]:
+    """The links of ``model`` under ``layout``, once the options of ``model`` are known to mean
+    the same in that x-transformers release (``x_transformers_support``; a rule's own, more
+    specific refusal is raised first)."""
+    with _layout(layout):
+        try:
+            links = _links(model)
+        except RuntimeError:  # tensors no rule covers: name the option behind them if known
+            check_x_transformers_support(fn, model, layout.version)
+            raise
+    check_x_transformers_support(fn, model, layout.version)
+    return links
+
+
+def _check_layout(fn: str, version: int, norm_add_unit_offset: bool) -> Layout:
+    if isinstance(version, bool) or version not in (1, 2):
+        raise ValueError(
+            f"{fn}: version must be 1 (x-transformers 1.28.x layout) or 2 (2.x layout), "
+            f"got {version!r}"
+        )
+    if not isinstance(norm_add_unit_offset, bool):
+        raise TypeError(
+            f"{fn}: norm_add_unit_offset must be a bool, got {type(norm_add_unit_offset).__name__}"
+        )
+    return Layout(version, norm_add_unit_offset)
+
+
+def to_x_transformers_state_dict(
+    model: nn.Module, *, version: int = 1, norm_add_unit_offset: bool = True
+) -> dict[str, Tensor]:
     """The state_dict of the x-transformers model built with the same keywords as ``model``.
+
+    ``version``: 1 writes the layout of x-transformers 1.28.x, 2 the one of 2.x releases, whose
+    stack norm gains are stored minus one unless ``norm_add_unit_offset=False`` (2.x's keyword
+    of that name; ignored with ``version=1``).
 
     Fused projections are split (copies); a head tied to the token embedding is left out, as
     x-transformers does; tensors that only x-transformers has are zeros where that is exact
@@ -503,10 +781,15 @@ def to_x_transformers_state_dict(model: nn.Module) -> dict[str, Tensor]:
     ``pre_norm=True, pre_norm_has_final_norm=False`` no final norm is written (there is none):
     1.28.2, which always builds one, loads the result only with ``strict=False``.
     """
-    _check_model("to_x_transformers_state_dict", model)
+    fn = "to_x_transformers_state_dict"
+    _check_model(fn, model)
+    layout = _check_layout(fn, version, norm_add_unit_offset)
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
-    for link in _links(model):
+    if layout.version == 2:
+        layout = Layout(layout.version, layout.unit_offset, _rotary_dims(model))
+    links = _supported_links(fn, model, layout)
+    for link in links:
         if link.extra is not None:
             if link.extra.fill:
                 out[link.theirs[0]] = link.extra.template.clone()
@@ -520,8 +803,20 @@ def to_x_transformers_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def load_x_transformers_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+def load_x_transformers_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    version: int = 1,
+    norm_add_unit_offset: bool = True,
+) -> None:
     """Load a state_dict saved from x-transformers into ``model`` (built with the same keywords).
+
+    ``version``: the x-transformers release that saved it, 1 (1.28.x) or 2 (2.x). A 2.x
+    checkpoint stores its stack norm gains minus one unless the 2.x model was built with
+    ``norm_add_unit_offset=False``: pass the same value here (ignored with ``version=1``).
+    2.x's default rotary dimension is ``dim_head // 2`` (1.28.x: at least 32): build the
+    anyformer model with an explicit ``rotary_emb_dim`` (a mismatch is reported, not loaded).
 
     Strict: every tensor of ``state_dict`` must be used and every tensor of ``model`` filled,
     with the same shapes and dtypes (nothing is cast); otherwise a ValueError lists the
@@ -532,16 +827,20 @@ def load_x_transformers_state_dict(model: nn.Module, state_dict: Mapping[str, Te
     fn = "load_x_transformers_state_dict"
     _check_model(fn, model)
     _check_state_dict(fn, state_dict)
+    layout = _check_layout(fn, version, norm_add_unit_offset)
     match = _Match(model.state_dict(), dict(state_dict))
     derived: list[tuple[str, str]] = []  # (ours, the tensor of ours it is tied to)
-    for link in _links(model):
+    if layout.version == 2:
+        layout = Layout(layout.version, layout.unit_offset, _rotary_dims(model))
+    links = _supported_links(fn, model, layout)
+    for link in links:
         if link.extra is not None:
             match.extra(link.theirs[0], link.extra)
         elif link.source is not None:
             derived.append((link.key, link.source))
         else:
             match.take(link)
-    match.raise_if_unmatched(fn, type(model).__name__)
+    match.raise_if_unmatched(fn, type(model).__name__, layout.version)
     for key, source in derived:
         match.new[key] = match.new[source]
     _check_tied(fn, match.expected, match.new)
@@ -561,8 +860,8 @@ def _check_state_dict(fn: str, state_dict: Mapping[str, Tensor]) -> None:
 
 
 _GAMMA_NOTE = (
-    "  (keys ending in '.gamma' are LayerNorm gains as x-transformers 2.x stores them, by default "
-    "with a unit offset (norm_add_unit_offset=True): only the 1.28.x layout is supported)"
+    "  (keys ending in '.gamma' are LayerNorm gains as x-transformers 2.x stores them: load a "
+    "2.x checkpoint with version=2)"
 )
 
 
@@ -618,7 +917,7 @@ class _Match:
         if differs or extra.accept == "never" or (extra.accept == "zeros" and bool(value.any())):
             self.rejected.append(f"{key}: {extra.reason}")
 
-    def raise_if_unmatched(self, fn: str, owner: str) -> None:
+    def raise_if_unmatched(self, fn: str, owner: str, version: int = 1) -> None:
         problems = [
             (f"keys of state_dict this {owner} has no place for", self._unused()),
             ("keys this model needs that state_dict lacks", self.missing),
@@ -636,7 +935,7 @@ class _Match:
             if items:
                 lines.append(f"  {title} ({len(items)}):")
                 lines.extend(f"    {item}" for item in items)
-        if any(key.endswith(".gamma") for key in self.remaining):
+        if version == 1 and any(key.endswith(".gamma") for key in self.remaining):
             lines.append(_GAMMA_NOTE)
         raise ValueError("\n".join(lines))
 

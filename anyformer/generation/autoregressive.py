@@ -12,6 +12,8 @@ from torch import Tensor, nn
 
 from ..checks import as_token_ids, check_mask, check_non_empty, check_token_ids
 from ..config.options import unknown_keyword
+from ..nn.documents import packed_documents
+from ..nn.moe import has_router_aux_loss
 from ..serialization import PretrainedMixin
 from .arguments import (
     check_filter_kwargs,
@@ -69,6 +71,9 @@ class AutoregressiveWrapper(
         self.pad_value = pad_value
         self.mask_prob = self.options.mask_prob
         self.max_seq_len = getattr(net, "max_seq_len", 0)
+        # mixture-of-experts layers (ff_num_experts): their weighted aux loss joins the
+        # training loss (model.train()); the evaluation loss stays the plain cross-entropy
+        self.adds_router_aux_loss = has_router_aux_loss(net)
 
     # ------------------------------------------------------------------ training
 
@@ -79,6 +84,8 @@ class AutoregressiveWrapper(
         prepend_embeds: Tensor | None = None,
         lens: Tensor | None = None,
         mask: Tensor | None = None,
+        seq_lens: Tensor | None = None,
+        doc_ids: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Any]]:
         """x (b, n + 1) -> mean cross-entropy of predicting x[:, 1:] from x[:, :-1].
@@ -86,7 +93,12 @@ class AutoregressiveWrapper(
         Targets equal to ``ignore_index`` are not scored, nor positions past ``lens`` (b,) (each
         row's number of real tokens) or outside ``mask``. While training with ``mask_prob > 0``
         random keys are hidden (forgetful causal masking). ``return_outputs=True`` returns
-        ``(loss, (logits, intermediates))`` as x-transformers does.
+        ``(loss, (logits, intermediates))`` as x-transformers does. While training, a net with
+        mixture-of-experts layers (``ff_num_experts``) adds their weighted router aux loss
+        (``intermediates.aux_loss``); in eval mode the loss is the plain cross-entropy.
+        Packed rows: ``seq_lens`` (b, k) or ``doc_ids`` (b, n + 1) give the documents of x (as
+        TransformerWrapper's); each attends only to itself, and a document's first token is
+        no target of the previous document's last (nor is padding a target).
         """
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -96,7 +108,11 @@ class AutoregressiveWrapper(
         check_non_empty("x", x, "batch >= 1, seq_len + 1 >= 2")
         x = as_token_ids("x", x)  # uint8 / int16 ids become torch.long (the loss's targets)
         mask = self._loss_mask(x, mask, lens)
+        docs = packed_documents(seq_lens, doc_ids, x.shape[0], x.shape[1], x.device)
         inp, target = x[:, :-1], x[:, 1:]
+        if docs is not None:  # a target stays in its document; the net sees the input's
+            target = target.masked_fill(~docs.next_in_document(), self.ignore_index)
+            kwargs["doc_ids"] = docs.drop_last()
         inp = inp.masked_fill(inp == self.ignore_index, self.pad_value)
         key_mask = None
         if mask is not None:
@@ -106,20 +122,23 @@ class AutoregressiveWrapper(
             hide = forgetful_key_mask(inp.shape[0], inp.shape[1], self.mask_prob, x.device)
             key_mask = hide if key_mask is None else key_mask & hide
         z_loss = self.options.add_attn_z_loss  # the net returns it in its intermediates
+        aux = self.training and self.adds_router_aux_loss  # so does a mixture of experts
         out = self.net(
             inp,
             prepend_embeds=prepend_embeds,
             mask=key_mask,
-            return_intermediates=return_outputs,
+            return_intermediates=return_outputs or aux,
             **({"return_attn_z_loss": True} if z_loss else {}),
             **kwargs,
         )
-        logits, inter = out if return_outputs or z_loss else (out, None)
+        logits, inter = out if return_outputs or z_loss or aux else (out, None)
         if prepend_embeds is not None:
             logits = logits[:, prepend_embeds.shape[1] :]
         loss = token_cross_entropy(logits, target, self.ignore_index)
         if z_loss and inter is not None:
             loss = loss + inter.attn_z_loss
+        if aux and inter is not None and inter.aux_loss is not None:
+            loss = loss + inter.aux_loss
         return (loss, (logits, inter)) if return_outputs else loss
 
     @staticmethod

@@ -58,7 +58,11 @@ COPY_UP_TO_ROWS = 2
 COPY_FROM_STEPS = 64
 """... in sessions of at least this many new tokens (shorter ones do not repay the copying)."""
 
-_ATTENTION_OPTIONS = {"max_attend_past": "attn_max_attend_past"}
+_ATTENTION_OPTIONS = {
+    "max_attend_past": "attn_max_attend_past",
+    "sliding_window": "attn_sliding_window",
+    "use_latent_kv": "attn_use_latent_kv (the cache holds latents)",
+}
 """Attention options that read key columns by count (a window of the last keys): over the
 static cache's masked columns they would not compute what eager decoding computes."""
 
@@ -102,6 +106,7 @@ def unsupported(net: nn.Module, call: dict[str, Any]) -> str | None:
 
     ``call``: the call's arguments that matter (``cache_kv``, ``amateur_model``,
     ``draft_model``, ``kwargs``, ``window_exceeded``)."""
+    from ..nn.moe import MixtureOfExperts
     from ..stack import AttentionLayers
     from ..wrappers.transformer import TransformerWrapper
 
@@ -122,6 +127,9 @@ def unsupported(net: nn.Module, call: dict[str, Any]) -> str | None:
         return "rotary_xpos (xPos)"
     if any(block.token_shift is not None for block in stack.layers):
         return "shift_tokens (token shift)"
+    if any(isinstance(m, MixtureOfExperts) for m in stack.modules()):
+        # static shapes run every expert on every token: 15x slower than eager at one token
+        return "ff_num_experts (a mixture of experts: compiled, every expert runs on every token)"
     for block in stack.layers:
         if block.layer_type == "a" and type(block.branch) is not Attention:
             return f"a self-attention branch of type {type(block.branch).__name__}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cache import KVCache
@@ -29,12 +30,16 @@ class ContinuousAutoregressiveWrapper(
         pad_value: int = 0,
         loss_fn: nn.Module | None = None,
     ) -> None:
-        """``loss_fn``: elementwise loss module (reduction='none'); default squared error.
-        ``ignore_index`` / ``pad_value`` are accepted for x-transformers compatibility."""
+        """``loss_fn``: elementwise loss module (reduction='none'); default squared error, or
+        the Gaussian negative log-likelihood when ``net`` is probabilistic (its output is then
+        stack((mean, variance))). ``ignore_index`` / ``pad_value`` are accepted for
+        x-transformers compatibility."""
         super().__init__()
         self.net = net
         self.max_seq_len = getattr(net, "max_seq_len", 0) or 0
-        self.loss_fn = loss_fn if loss_fn is not None else nn.MSELoss(reduction="none")
+        self.probabilistic = bool(getattr(net, "probabilistic", False))
+        default = GaussianNLL() if self.probabilistic else nn.MSELoss(reduction="none")
+        self.loss_fn = loss_fn if loss_fn is not None else default
         self.ignore_index = ignore_index
         self.pad_value = pad_value
 
@@ -66,11 +71,17 @@ class ContinuousAutoregressiveWrapper(
 
     @torch.no_grad()
     def generate(
-        self, start_tokens: Tensor, seq_len: int, cache_kv: bool = True, **kwargs: Any
+        self,
+        start_tokens: Tensor,
+        seq_len: int,
+        cache_kv: bool = True,
+        temperature: float = 1.0,
+        **kwargs: Any,
     ) -> Tensor:
         """Continue `start_tokens` (b, t, d) (or (t, d)) by `seq_len` predicted vectors; returns
         only the new ones. The model reads at most max_seq_len vectors (a sliding window); the
-        KV cache is used when the whole generation fits in that window."""
+        KV cache is used when the whole generation fits in that window. A probabilistic net's
+        vectors are sampled from N(mean, variance * temperature^2)."""
         if not isinstance(start_tokens, Tensor) or not start_tokens.is_floating_point():
             got = type(start_tokens).__name__
             got = f"dtype {start_tokens.dtype}" if isinstance(start_tokens, Tensor) else got
@@ -84,6 +95,11 @@ class ContinuousAutoregressiveWrapper(
         check_non_empty("start_tokens", out, "batch >= 1, t >= 1")
         check_int("seq_len", seq_len, 1)
         check_flag("cache_kv", cache_kv)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"temperature must be a float >= 0, got {temperature!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be a float >= 0, got {temperature!r}")
+        self._temperature = float(temperature)
         t = out.shape[1]
         fits = self.max_seq_len == 0 or t + seq_len - 1 <= self.max_seq_len
         cached = cache_kv and getattr(self.net, "can_cache_kv", False) and fits
@@ -107,16 +123,33 @@ class ContinuousAutoregressiveWrapper(
         new = []
         for _ in range(seq_len):
             window = out[:, -self.max_seq_len :] if self.max_seq_len else out
-            last = self.net(window, **kwargs)[:, -1:]
+            last = self._next(self.net(window, **kwargs))
             new.append(last)
             out = torch.cat((out, last), dim=1)
         return new
 
     def _cached(self, out: Tensor, seq_len: int, kwargs: dict[str, Any]) -> list[Tensor]:
         cache = KVCache(capacity=out.shape[1] + seq_len)
-        last = self.net(out, cache=cache, input_not_include_cache=True, **kwargs)[:, -1:]
+        last = self._next(self.net(out, cache=cache, input_not_include_cache=True, **kwargs))
         new = [last]
         for _ in range(seq_len - 1):
-            last = self.net(last, cache=cache, input_not_include_cache=True, **kwargs)[:, -1:]
+            last = self._next(self.net(last, cache=cache, input_not_include_cache=True, **kwargs))
             new.append(last)
         return new
+
+    def _next(self, out: Tensor) -> Tensor:
+        """The next vector (b, 1, d) from the net's output: the last row, or for a
+        probabilistic net a sample of N(mean, variance) at the generation's temperature."""
+        last = out[..., -1:, :]
+        if not self.probabilistic:
+            return last
+        std = last[1].clamp(min=1e-5).sqrt() * self._temperature
+        return torch.normal(last[0], std)
+
+
+class GaussianNLL(nn.Module):
+    """Elementwise Gaussian negative log-likelihood of a target under pred = stack((mean,
+    variance)): (log(variance) + (target - mean)^2 / variance) / 2 (torch's, variance >= 1e-6)."""
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return F.gaussian_nll_loss(pred[0], target, pred[1], reduction="none")

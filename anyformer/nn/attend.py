@@ -6,6 +6,7 @@ The explicit path is also the one that hands back attention maps (``return_attn`
 only), and the one variants that must see the matrix extend, through hooks chosen at construction:
 
 - ``logit_hooks``: on the scaled logits before bias and masking (pre-softmax talking heads);
+- ``biased_logit_hooks``: after the bias, before masking (softclamped logits, Gemma 2);
 - ``masked_logit_hooks``: after bias and masking, before the softmax (sparse top-k, so that
   top-k never sees masked keys);
 - ``prob_hooks``: on the probabilities after the softmax and its dropout (post-softmax talking
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .masks import AttentionMask
+from .sliding_window import banded_attention, use_banded
 
 __all__ = ["Attend", "Intermediates"]
 
@@ -74,6 +76,7 @@ class Attend(nn.Module):
         dropout: float = 0.0,
         scale: float | None = None,
         logit_hooks: Sequence[nn.Module] = (),
+        biased_logit_hooks: Sequence[nn.Module] = (),
         masked_logit_hooks: Sequence[nn.Module] = (),
         prob_hooks: Sequence[nn.Module] = (),
         carries_scores: bool = False,
@@ -83,6 +86,7 @@ class Attend(nn.Module):
         which only the explicit path can add."""
         super().__init__()
         self.logit_hooks = nn.ModuleList(logit_hooks)
+        self.biased_logit_hooks = nn.ModuleList(biased_logit_hooks)
         self.masked_logit_hooks = nn.ModuleList(masked_logit_hooks)
         self.prob_hooks = nn.ModuleList(prob_hooks)
         self.carries_scores = carries_scores
@@ -98,7 +102,8 @@ class Attend(nn.Module):
     @property
     def needs_explicit(self) -> bool:
         """Whether some option must see the attention matrix (no fused kernel then)."""
-        hooks = len(self.logit_hooks) + len(self.masked_logit_hooks) + len(self.prob_hooks)
+        hooks = len(self.logit_hooks) + len(self.biased_logit_hooks)
+        hooks += len(self.masked_logit_hooks) + len(self.prob_hooks)
         return bool(hooks) or self.carries_scores
 
     @property
@@ -127,6 +132,9 @@ class Attend(nn.Module):
         return out, inter
 
     def fused_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Tensor:
+        dropout = self.dropout if self.training else 0.0
+        if mask.band is not None and use_banded(mask, q.shape[-2]):  # sliding window, O(n W)
+            return banded_attention(q, k, v, mask.band, scale=self.scale, dropout_p=dropout)
         attn_mask, is_causal = mask.sdpa_args(q.shape[-2], k.shape[-2], q.dtype, q.device)
         gqa = k.shape[1] != q.shape[1]
         if gqa and not _SDPA_GQA:  # pragma: no cover - torch < 2.5
@@ -139,7 +147,7 @@ class Attend(nn.Module):
             k,
             v,
             attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=dropout,
             is_causal=is_causal,
             scale=self.scale,
             **kwargs,
@@ -162,6 +170,8 @@ class Attend(nn.Module):
             sim = hook(sim)
         if mask.bias is not None:
             sim = sim + mask.bias.to(sim.dtype)
+        for hook in self.biased_logit_hooks:
+            sim = hook(sim)
         keep = mask.keep(q.shape[-2], k.shape[-2], q.device)
         if keep is not None:
             sim = sim.masked_fill(~keep, torch.finfo(sim.dtype).min)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -13,10 +14,13 @@ __all__ = ["AbsolutePositionalEmbedding", "ScaledSinusoidalEmbedding", "TokenEmb
 class TokenEmbedding(nn.Module):
     """Token ids -> vectors; optionally l2-normalised (fixnorm)."""
 
-    def __init__(self, dim: int, num_tokens: int, l2norm_embed: bool = False) -> None:
+    def __init__(
+        self, dim: int, num_tokens: int, l2norm_embed: bool = False, scale: float | None = None
+    ) -> None:
         super().__init__()
         self.emb = nn.Embedding(num_tokens, dim)
         self.l2norm_embed = l2norm_embed
+        self.scale = scale  # token_emb_scale: a factor rounded to the embeddings' dtype first
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -24,4 +28,6 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         emb = self.emb(x)
+        if self.scale is not None:  # as Gemma: the factor in the embeddings' dtype
+            emb = emb * torch.tensor(self.scale, dtype=emb.dtype, device=emb.device)
         return F.normalize(emb, dim=-1) if self.l2norm_embed else emb

@@ -42,6 +42,8 @@ class GLU(nn.Module):
 def _activation(config: FeedForwardConfig) -> nn.Module:
     if config.relu_squared:
         return ReluSquared()
+    if config.relu:
+        return nn.ReLU()
     if config.swish:
         return nn.SiLU()
     return nn.GELU(approximate="tanh" if config.gelu_tanh else "none")
@@ -64,6 +66,12 @@ class FeedForward(nn.Module):
             config = build_options(FeedForwardConfig, "FeedForward", kwargs, valid=valid)
         elif kwargs:
             raise TypeError("FeedForward: pass either config= or keyword options, not both")
+        if config.num_experts > 1:
+            raise ValueError(
+                f"FeedForward: num_experts={config.num_experts} asks for a mixture of experts, "
+                "which anyformer.nn.moe.MixtureOfExperts(dim, config) builds (a stack builds it "
+                "from ff_num_experts)"
+            )
         self.config = config
         dim_out = dim if dim_out is None else dim_out
         inner = config.inner_dim or int(dim * config.mult)

@@ -18,12 +18,15 @@ class AttentionMask:
     ``mask`` broadcasts to (b, h, i, j), True = may attend; rows that have no key at all are
     opened (to avoid NaN) and zeroed afterwards through ``row_valid`` (b|1, h|1, i, 1).
     ``bias`` broadcasts to (b, h, i, j) and is added to the scaled logits before masking.
+    ``band`` (a sliding window of W keys, ``nn/sliding_window.py``): query i sees only the keys
+    j with i - W < j <= i (causality included), materialised only when a kernel needs a mask.
     """
 
     mask: Tensor | None = None
     is_causal: bool = False
     row_valid: Tensor | None = None
     bias: Tensor | None = None
+    band: int | None = None
 
     def with_bias(self, bias: Tensor | None) -> AttentionMask:
         """This mask with `bias` added to (or set as) its additive bias."""
@@ -33,7 +36,12 @@ class AttentionMask:
         return replace(self, bias=total)
 
     def keep(self, q_len: int, k_len: int, device: torch.device) -> Tensor | None:
-        """The boolean keep-mask, materialising causality only when it is implicit."""
+        """The boolean keep-mask, materialising causality (and a band) only when implicit."""
+        if self.band is not None:
+            q_pos = torch.arange(k_len - q_len, k_len, device=device)
+            distance = q_pos.unsqueeze(-1) - torch.arange(k_len, device=device)
+            band = (distance >= 0) & (distance < self.band)
+            return band if self.mask is None else band & self.mask
         if self.is_causal:
             return causal_keep_mask(q_len, k_len, device)
         return self.mask
@@ -42,6 +50,8 @@ class AttentionMask:
         self, q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
     ) -> tuple[Tensor | None, bool]:
         """(attn_mask, is_causal) for F.scaled_dot_product_attention."""
+        if self.band is not None and self.bias is None:
+            return self.keep(q_len, k_len, device), False
         if self.bias is None:
             return self.mask, self.is_causal
         bias = self.bias.to(dtype)

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config.norm import NormConfig
+from .adaptive_norm import AdaptiveLayerNorm, AdaptiveRMSNorm
+from .dyt import DynamicTanh
 
 __all__ = ["LayerNorm", "RMSNorm", "ScaleNorm", "SimpleRMSNorm", "build_norm"]
 
@@ -67,10 +69,20 @@ class SimpleRMSNorm(nn.Module):
 
 
 def build_norm(dim: int, config: NormConfig | None = None) -> nn.Module:
-    """The norm a stack uses for every block, as its NormConfig says."""
+    """The norm a stack uses for every block, as its NormConfig says (adaptive norms take
+    ``(x, condition)``, the others ``x``)."""
     config = config or NormConfig()
     kind = config.kind
     if kind == "layernorm":
         return LayerNorm(dim, eps=config.eps, bias=config.norm_bias)
+    if kind in ("adaptive_layernorm", "adaptive_rmsnorm", "dynamic_tanh"):
+        return _build_other_norm(dim, config)
     cls = {"rmsnorm": RMSNorm, "scalenorm": ScaleNorm, "simple_rmsnorm": SimpleRMSNorm}[kind]
     return cls(dim, eps=config.eps)
+
+
+def _build_other_norm(dim: int, config: NormConfig) -> nn.Module:
+    if config.kind == "dynamic_tanh":
+        return DynamicTanh(dim, config.dynamic_tanh_init_alpha)
+    cls = AdaptiveLayerNorm if config.kind == "adaptive_layernorm" else AdaptiveRMSNorm
+    return cls(dim, config.dim_condition, eps=config.eps)

@@ -8,7 +8,7 @@ slot holds the plain sum or a variant (gating, scaling). Empty slots are ``nn.Id
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -17,6 +17,7 @@ from ..nn.attend import Intermediates
 from ..nn.masks import AttentionMask
 from ..nn.positions.rotary import RotaryAngles
 from ..nn.residual import Residual
+from .hyper import HyperConnection
 
 __all__ = ["AttentionBlock", "Block", "FeedForwardBlock", "GivenAttentionBlock", "StackRun"]
 
@@ -35,6 +36,7 @@ class StackRun:
     context: Tensor | None = None
     positions: Tensor | None = None  # (b|1, n) positions of the rows being computed
     rotary: RotaryAngles | None = None  # rotary cos/sin of those rows, computed once per forward
+    cross_rotary: Any = None  # context_pos: a CrossRotary for the cross-attention layers
     cache: KVCache | None = None
     collect: bool = False
     return_attn: bool = False
@@ -45,6 +47,13 @@ class StackRun:
     dual: Tensor | None = None  # ResiDual: the pre-LN stream of summed branch outputs
     prev_attn: Tensor | None = None  # residual attention: last self-attention's logits
     prev_cross_attn: Tensor | None = None  # cross_residual_attn: last cross-attention's logits
+    condition: Tensor | None = None  # adaptive norms / layerscale: forward's condition vector
+    inject: Tensor | None = None  # reinject_input: added to every branch input before its norm
+    values: Any = None  # add_value_residual: the ValueCarry of this forward
+    hyper: Any = None  # hyper-connections: the current block's HyperState (branch input -> join)
+    router_losses: list[Any] = field(default_factory=list)  # mixture-of-experts aux losses
+    additional_kv: Any = None  # self_attn_additional_kv: an iterator, one entry per self-attention
+    additional_kv_mask: Tensor | None = None  # its (b, m) key mask
 
     @property
     def self_positions(self) -> Tensor | RotaryAngles | None:
@@ -67,10 +76,14 @@ class Block(nn.Module):
         residual: nn.Module | None = None,
         token_shift: nn.Module | None = None,
         dual_scale: float | None = None,
+        branch_scale: nn.Module | None = None,
+        conditioned: bool = False,
     ) -> None:
         """``token_shift``: a ShiftTokens applied to the normalised branch input (its cache
         slot is the block's slot, after the attention's own); ``dual_scale``: ResiDual, the
-        branch output times this scale also joins the run's second stream."""
+        branch output times this scale also joins the run's second stream; ``branch_scale``:
+        ``(out, condition) -> out`` on the branch output before the sandwich norm (LayerScale);
+        ``conditioned``: the norms take ``(x, condition)`` (adaptive norms)."""
         super().__init__()
         self.pre_norm = pre_norm or nn.Identity()
         self.branch = branch
@@ -79,6 +92,10 @@ class Block(nn.Module):
         self.post_norm = post_norm or nn.Identity()
         self.token_shift = token_shift
         self.dual_scale = dual_scale
+        self.branch_scale = branch_scale
+        self.conditioned = conditioned
+        # hyper-connections: the residual slot mixes the streams into the branch input too
+        self.hyper = isinstance(self.residual, HyperConnection)
 
     @property
     def plain_join(self) -> bool:
@@ -95,6 +112,7 @@ class Block(nn.Module):
             and type(slots["post_branch_norm"]) is nn.Identity
             and type(slots["post_norm"]) is nn.Identity
             and not (_hooked(slots["post_branch_norm"]) or _hooked(slots["post_norm"]))
+            and slots.get("branch_scale") is None
         )
 
     @property
@@ -109,7 +127,11 @@ class Block(nn.Module):
 
     def branch_input(self, x: Tensor, run: StackRun, slot: int | None) -> Tensor:
         """The normalised (and token-shifted) input of the branch."""
-        h = self.pre_norm(x)
+        if self.hyper:
+            x, run.hyper = cast(HyperConnection, self.residual).prepare(x)
+        if run.inject is not None:
+            x = x + run.inject
+        h = _norm(self.pre_norm, x, run.condition) if self.conditioned else self.pre_norm(x)
         if self.token_shift is None:
             return h
         cache = run.cache
@@ -123,7 +145,24 @@ class Block(nn.Module):
             return x + out
         if self.dual_scale is not None and run is not None and run.dual is not None:
             run.dual = run.dual + out * self.dual_scale
-        return self.post_norm(self.residual(x, self.post_branch_norm(out)))
+        condition = None if run is None else run.condition
+        if self.branch_scale is not None:
+            out = self.branch_scale(out, condition)
+        if self.conditioned:
+            out = _norm(self.post_branch_norm, out, condition)
+        else:
+            out = self.post_branch_norm(out)
+        if self.hyper and run is not None:
+            x = cast(HyperConnection, self.residual).join(out, run.hyper)
+        else:
+            x = self.residual(x, out)
+        return _norm(self.post_norm, x, condition) if self.conditioned else self.post_norm(x)
+
+
+def _norm(norm: nn.Module, x: Tensor, condition: Tensor | None) -> Tensor:
+    """A conditioned block's norm slot: an adaptive norm (``takes_condition``) gets the
+    condition, any other module (Identity, a given norm) only x."""
+    return norm(x, condition) if getattr(norm, "takes_condition", False) else norm(x)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -174,11 +213,13 @@ class AttentionBlock(Block):
             self.branch_input(x, run, slot),
             context=run.context if self.is_cross else None,
             plan=run.cross_mask if self.is_cross else run.self_mask,
-            positions=None if self.is_cross else run.self_positions,
+            positions=run.cross_rotary if self.is_cross else run.self_positions,
             cache=cache,
             return_intermediates=run.collect or carry,
             return_attn=run.return_attn,
             prev_attn=prev,
+            **({} if run.values is None else {"values": run.values}),
+            **self._additional_kv(run),
         )
         if run.collect or carry:
             out, inter = out
@@ -190,6 +231,15 @@ class AttentionBlock(Block):
                 inter.layer_type = self.layer_type
                 run.attn_intermediates.append(inter)
         return self.join(x, out, run)
+
+    def _additional_kv(self, run: StackRun) -> dict[str, Any]:
+        """The external keys/values of this self-attention execution (self_attn_additional_kv)."""
+        if self.is_cross or run.additional_kv is None:
+            return {}
+        added = next(run.additional_kv, None)
+        if added is None:
+            return {}
+        return {"additional_kv": added, "additional_kv_mask": run.additional_kv_mask}
 
     @property
     def reads_positions(self) -> bool:

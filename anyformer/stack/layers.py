@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -15,11 +15,15 @@ from ..config.options import from_dict, keyword_names, to_dict, unknown_keyword
 from ..config.stack import StackConfig, parse_stack_config
 from ..config.structure import per_layer
 from ..intermediates import LayerIntermediates
+from ..nn.documents import PackedDocuments, packed_documents
 from ..nn.init import reset_module_tree
 from ..nn.masks import AttentionMask, build_attention_mask, causal_keep_mask, expand_attn_mask
+from ..nn.moe import record_router_losses
 from ..nn.positions import build_attn_bias, build_rotary, left_padded
+from ..nn.positions.alibi import check_head_positions
 from ..nn.positions.left_padding import check_seq_start_pos
-from ..nn.positions.rotary import GivenRotary
+from ..nn.positions.rotary import CrossRotary, GivenRotary
+from ..nn.softclamp import SoftClamp
 from ..nn.token_dropout import drop_tokens
 from .blocks import GivenAttentionBlock, StackRun
 from .build import build_modules
@@ -27,6 +31,7 @@ from .composition import GivenModules, LayerModules
 from .lean import loop_for
 from .memory import remember
 from .rows import row_positions
+from .streams import build_streams
 
 __all__ = ["AttentionLayers", "CrossAttender", "Decoder", "Encoder", "PrefixDecoder"]
 
@@ -98,7 +103,14 @@ class AttentionLayers(nn.Module):
         self.given_modules: tuple[str, ...] = names  # where the composition keywords put modules
         self.layer_dropouts = per_layer(config.layer_dropout, len(self.layer_types))
         self.final_norm = final_norm
+        # softclamp_output: the soft cap on the blocks' output, before the final norm
+        self.output_softclamp = (
+            SoftClamp(config.softclamp_output_value) if config.softclamp_output else None
+        )
         self.attn_bias = build_attn_bias(config)  # additive position bias (ALiBi, T5, ...)
+        # cross-block residual-stream options (reinjection, U-Net skips, value residual,
+        # condition); None for a plain stack
+        self.streams = build_streams(config)
         self.set_execution_order(config.execution_order)
 
     def set_execution_order(self, order: tuple[int, ...] | None) -> None:
@@ -118,6 +130,26 @@ class AttentionLayers(nn.Module):
         if order is not None and order == tuple(range(len(self.layers))):
             order = None
         self._custom_order: tuple[int, ...] | None = order
+
+    def attn_qk_clip_(self, intermediates: LayerIntermediates, tau: float = 100.0) -> None:
+        """QK-clip (MuonClip, Kimi K2) of every attention layer from the intermediates of a
+        forward with return_attn=True (paired with the attention executions in order)."""
+        blocks = [self.layers[i] for i, _ in self.execution_plan]
+        attns = [b for b in blocks if getattr(b, "layer_type", "f") in ("a", "c")]
+        inters = intermediates.attn_intermediates or []
+        if len(attns) != len(inters):
+            raise ValueError(
+                f"attn_qk_clip_: {len(inters)} attention intermediates for {len(attns)} attention "
+                "executions: pass the intermediates of a forward of this stack with return_attn=True"
+            )
+        for block, inter in zip(attns, inters, strict=True):
+            qk_clip = getattr(block.branch, "qk_clip_", None)
+            if qk_clip is None:
+                raise ValueError(
+                    f"attn_qk_clip_: the given attention module {type(block.branch).__name__} "
+                    "has no qk_clip_"
+                )
+            qk_clip(inter, tau)
 
     @property
     def execution_plan(self) -> tuple[tuple[int, int | None], ...]:
@@ -163,6 +195,12 @@ class AttentionLayers(nn.Module):
         reset_module_tree(self)
 
     @property
+    def can_pack_documents(self) -> bool:
+        """Whether forward takes packed documents (seq_lens / doc_ids): not with token shift,
+        which would carry a token across a document boundary."""
+        return all(getattr(block, "token_shift", None) is None for block in self.layers)
+
+    @property
     def can_cache_kv(self) -> bool:
         """Whether cached decoding is possible (causal self-attention). Not with xPos beside
         memory key/values or rotated values: their outputs depend on xPos's centre (the
@@ -180,7 +218,9 @@ class AttentionLayers(nn.Module):
         """Per attention layer (in build order): its index in ``layers``, type ('a' self, 'c'
         cross), kernel path ('fused' / 'explicit'; 'given' for a given module, whose kernel
         the stack does not know), the options that force the explicit path, and whether it
-        caches keys/values in cached decoding."""
+        caches keys/values in cached decoding. A sliding-window layer adds ``sliding_window``
+        (W), ``window_kernel`` ('banded': O(n W) blockwise on the fused path; 'masked': masked
+        full attention on the explicit one) and ``kv_cache_keys`` (W: its ring buffer)."""
         can_cache = self.can_cache_kv
         paths = []
         for index, block in enumerate(self.layers):
@@ -188,15 +228,20 @@ class AttentionLayers(nn.Module):
                 continue
             given = isinstance(block, GivenAttentionBlock)
             branch: Any = block.branch  # an Attention, or a given module
-            paths.append(
-                {
-                    "layer": index,
-                    "type": block.layer_type,
-                    "path": "given" if given else branch.path,
-                    "explicit_because": () if given else branch.explicit_reasons,
-                    "kv_cache": can_cache,
-                }
-            )
+            path = {
+                "layer": index,
+                "type": block.layer_type,
+                "path": "given" if given else branch.path,
+                "explicit_because": () if given else branch.explicit_reasons,
+                "kv_cache": can_cache,
+            }
+            window = None if given else getattr(branch, "sliding_window", None)
+            if window is not None:
+                # O(n W) blockwise on the fused path; masked full attention on the explicit one
+                path["sliding_window"] = window
+                path["window_kernel"] = "banded" if branch.path == "fused" else "masked"
+                path["kv_cache_keys"] = window  # a ring buffer of the last W keys
+            paths.append(path)
         return tuple(paths)
 
     def config_dict(self) -> dict[str, Any]:
@@ -227,6 +272,14 @@ class AttentionLayers(nn.Module):
         mem_masks: list[Tensor] | Tensor | None = None,
         cache_age: int | None = None,
         rotary_pos_emb: Any = None,
+        seq_lens: Tensor | None = None,
+        doc_ids: Tensor | PackedDocuments | None = None,
+        condition: Tensor | None = None,
+        causal: bool | None = None,
+        context_pos: Tensor | None = None,
+        self_attn_additional_kv: list[Any] | LayerIntermediates | None = None,
+        additional_kv_mask: Tensor | None = None,
+        detach_additional_kv: bool = False,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         """x (b, n, dim) -> (b, n, dim); with return_hiddens, also LayerIntermediates.
@@ -243,9 +296,24 @@ class AttentionLayers(nn.Module):
         ``seq_start_pos`` (b,): left-padded rows, row r's tokens begin at column
         seq_start_pos[r] (earlier columns are hidden keys; positions count from there; a cache
         remembers it). ``self_attn_kv_mask`` (b, n): the self-attention key mask, in place of
-        ``mask``.
+        ``mask``. Packed documents: ``seq_lens`` (b, k) the lengths of the documents packed
+        from column 0 of each row (zeros unused; later columns are padding), or ``doc_ids``
+        (b, n) a document id per token (negative: padding); tokens attend only within their
+        document and positions restart at 0 in each (``anyformer.nn.documents``).
+        ``causal=True`` (x-transformers 2.x): this call of a bidirectional stack (Encoder) is
+        causal, as ``attn_mask`` (uncached, without mems); ``causal=False`` is accepted only on a
+        bidirectional stack. ``context_pos`` (m,) or (b, m) (x-transformers 2.x): the context's
+        positions; cross-attention then rotates its queries to the rows' positions and the
+        context's keys to these (rotary stacks; with a cache, on its first call).
+        ``self_attn_additional_kv`` (x-transformers 2.x): external (keys, values) pairs
+        (b, kv_heads, m, dim_head), one per self-attention execution, that each also attends to
+        (a list aligned to the top layers, or another stack's LayerIntermediates: its cached
+        keys/values); ``additional_kv_mask`` (b, m) their key mask; ``detach_additional_kv``.
         """
         self._check_kwargs(kwargs)
+        others = dict(cache=cache, mems=mems, mem_masks=mem_masks, cache_age=cache_age)
+        others.update(seq_start_pos=seq_start_pos, rotary_pos_emb=rotary_pos_emb)
+        attn_mask, pos = self._per_call(x, attn_mask, pos, causal, seq_lens, doc_ids, others)
         x, run = self._prepare(
             x,
             context,
@@ -263,8 +331,83 @@ class AttentionLayers(nn.Module):
             return_hiddens,
             return_attn,
         )
+        extra = dict(additional_kv=self_attn_additional_kv, additional_kv_mask=additional_kv_mask)
+        self._attach(x, run, context_pos, condition, extra, detach_additional_kv)
         x = self._run(x, run)
         return self._collect(x, run)
+
+    def _per_call(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None,
+        pos: Tensor | None,
+        causal: bool | None,
+        seq_lens: Tensor | None,
+        doc_ids: Any,
+        others: dict[str, Any],
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The checks and masks of this call's options: per-head ALiBi positions, a ``causal``
+        override, packed documents (``others``: the cache/mems/positions arguments they refuse)."""
+        cache, mems = others["cache"], others["mems"]
+        if pos is not None and pos.ndim == 3:
+            refused = {
+                "rotary positions": self.rotary is not None or others["rotary_pos_emb"] is not None,
+                "a KV cache": cache is not None,
+                "seq_start_pos": others["seq_start_pos"] is not None,
+                "mems": mems is not None,
+                "packed documents (seq_lens / doc_ids)": seq_lens is not None
+                or doc_ids is not None,
+                "a layer that reads positions": any(b.reads_positions for b in self.layers),
+            }
+            check_head_positions(pos, self.attn_bias, x.shape[0], x.shape[1], refused)
+        if causal is not None and causal != self.causal:
+            attn_mask = self._causal_for_this_call(causal, x, attn_mask, cache, mems)
+        if self.streams is not None:
+            self.streams.refuse_mems(mems)
+        if seq_lens is not None or doc_ids is not None:
+            attn_mask, pos = self._packed(x, seq_lens, doc_ids, attn_mask, pos, others)
+        return attn_mask, pos
+
+    def _attach(
+        self,
+        x: Tensor,
+        run: Any,
+        context_pos: Tensor | None,
+        condition: Tensor | None,
+        extra: dict[str, Any],
+        detach_additional_kv: bool,
+    ) -> None:
+        """What this call adds to the run: cross-attention rotation, the streams' condition,
+        external keys/values (``extra``: ``additional_kv`` and ``additional_kv_mask``)."""
+        if context_pos is not None or getattr(run.cache, "context_rotated", False):
+            run.cross_rotary = self._cross_rotary(run, context_pos)
+        if self.streams is not None:
+            self.streams.prepare(x, run, condition)
+        elif condition is not None:
+            raise ValueError(
+                "condition was given but this stack has no adaptive norm or layerscale "
+                "(use_adaptive_layernorm / use_adaptive_rmsnorm / use_adaptive_layerscale)"
+            )
+        if extra["additional_kv"] is not None:
+            run.additional_kv = self._additional_kv(extra["additional_kv"], detach_additional_kv)
+            run.additional_kv_mask = extra["additional_kv_mask"]
+
+    def _additional_kv(self, given: Any, detach: bool) -> Iterator[tuple[Tensor, Tensor] | None]:
+        """One entry per self-attention execution: the last ones given go to the top layers
+        (x-transformers 2.x), the bottom layers get None when fewer are given."""
+        if isinstance(given, LayerIntermediates):
+            given = [i.cached_kv for i in given.attn_intermediates if i.layer_type == "a"]
+        if not isinstance(given, (list, tuple)):
+            raise TypeError(
+                "self_attn_additional_kv must be a list of (keys, values) pairs or a "
+                f"LayerIntermediates, got {type(given).__name__}"
+            )
+        layers = list(self.layers)
+        count = sum(layers[index].layer_type == "a" for index, _ in self.execution_plan)
+        entries = list(given)[-count:] if count else []
+        if detach:
+            entries = [None if e is None else (e[0].detach(), e[1].detach()) for e in entries]
+        return iter([None] * (count - len(entries)) + entries)
 
     def _prepare(
         self,
@@ -304,6 +447,7 @@ class AttentionLayers(nn.Module):
             and self.causal
             and attn_mask is None
             and not self.training
+            and (pos is None or pos.ndim < 3)  # positions per ALiBi head: uncached
         ):
             # returned in the intermediates to continue decoding from; training needs none
             cache = KVCache() if self._given_attention_caches() else None
@@ -315,6 +459,39 @@ class AttentionLayers(nn.Module):
         run = self._stack_run(x, mask, attn_mask, cache, pos, given, context, context_mask)
         run.collect, run.return_attn = return_hiddens or return_attn, return_attn
         return x, run
+
+    def _packed(
+        self,
+        x: Tensor,
+        seq_lens: Tensor | None,
+        doc_ids: Tensor | PackedDocuments | None,
+        attn_mask: Tensor | None,
+        pos: Tensor | None,
+        others: dict[str, Any],
+    ) -> tuple[Tensor, Tensor | None]:
+        """Packed documents -> (attn_mask, pos): attention within each document (causality is
+        added with the other masks), positions counted from each document's first token
+        (``pos``, when given, is kept)."""
+        owner = type(self).__name__
+        for name, value in others.items():
+            if value is not None:
+                raise ValueError(
+                    f"{owner}: packed documents (seq_lens / doc_ids) cannot be combined with "
+                    f"{name}: run the documents of a packed row in one uncached call"
+                )
+        if not self.can_pack_documents:
+            raise ValueError(
+                f"{owner}: packed documents (seq_lens / doc_ids) need a stack without "
+                "shift_tokens (a shifted token would cross from one document into the next)"
+            )
+        check_float_input("x", x, 3, self.dim, "of shape (batch, seq_len, dim)")
+        b, n = x.shape[:2]
+        docs = cast(PackedDocuments, packed_documents(seq_lens, doc_ids, b, n, x.device))
+        keep = docs.keep_mask(causal=False)  # the causal part joins in build_attention_mask
+        if attn_mask is not None:
+            check_attn_mask(attn_mask, b, self.heads, n, n)
+            keep = keep & expand_attn_mask(attn_mask)
+        return keep, docs.positions if pos is None else pos
 
     def _stack_run(
         self,
@@ -358,7 +535,10 @@ class AttentionLayers(nn.Module):
 
     def _run(self, x: Tensor, run: StackRun) -> Tensor:
         """Step 2: the blocks, or a generation session's decoding loop for its cache."""
-        lean = None if self.training or run.collect else loop_for(self, run.cache)
+        if self.streams is not None:  # the lean loop knows only plain blocks
+            return self.streams.run(self, x, run)
+        plain = self.training or run.collect or run.additional_kv is not None
+        lean = None if plain else loop_for(self, run.cache)
         if lean is not None and lean.usable():
             return lean(x, run)
         return self._run_blocks(x, run)
@@ -367,18 +547,24 @@ class AttentionLayers(nn.Module):
         """Step 3: the final norm, the cache advanced past the rows, the intermediates."""
         if run.collect:
             run.layer_hiddens.append(x)
-        x = x + self.final_norm(run.dual) if run.dual is not None else self.final_norm(x)
+        if self.output_softclamp is not None:
+            x = self.output_softclamp(x)
+        if run.condition is not None:
+            x = _final_norm(self.final_norm, x, run.condition)
+        else:
+            x = x + self.final_norm(run.dual) if run.dual is not None else self.final_norm(x)
         if run.cache is not None:
             run.cache.advance(x.shape[1])
         if not run.collect:
             return x
-        return x, LayerIntermediates(
+        inter = LayerIntermediates(
             hiddens=run.hiddens,
             last_hidden=x,
             attn_intermediates=run.attn_intermediates,
             layer_hiddens=run.layer_hiddens,
             cache=run.cache,
         )
+        return x, record_router_losses(inter, run.router_losses)
 
     def _run_blocks(self, x: Tensor, run: StackRun) -> Tensor:
         """The blocks in execution order (stochastic depth skips some while training)."""
@@ -489,6 +675,56 @@ class AttentionLayers(nn.Module):
             k_pos, span = cache.extend_positions(positions, n), None
         run.self_mask = run.self_mask.with_bias(self.attn_bias(positions, k_pos, span))
 
+    def _cross_rotary(self, run: StackRun, context_pos: Tensor | None) -> CrossRotary:
+        """forward's ``context_pos`` -> the rotation of cross-attention's queries and keys (the
+        keys only when computed now: a cache keeps them rotated from its first call)."""
+        rotary, cache, context = self.rotary, run.cache, run.context
+        if not self.cross_attend:
+            raise ValueError(
+                f"context_pos was given but this {type(self).__name__} has no cross-attention "
+                "(cross_attend=True)"
+            )
+        if rotary is None or run.rotary is None:
+            raise ValueError(
+                "context_pos rotates cross-attention with the stack's rotary positions: build "
+                "it with rotary_pos_emb=True"
+            )
+        cross = self.config.cross_attention
+        for name, on in (
+            ("rotary_xpos=True", rotary.xpos_zeta is not None),
+            ("cross_attn_differential=True", cross.differential),
+            (
+                "cross_attn_use_latent_kv / cross_attn_use_latent_q",
+                cross.use_latent_kv or cross.use_latent_q,
+            ),
+        ):
+            if on:
+                raise ValueError(f"context_pos cannot be combined with {name}")
+        if cache is not None and cache.length > 0:  # the context's keys are cached
+            if context_pos is not None and not cache.context_rotated:
+                raise ValueError(
+                    "context_pos must be given on the cache's first call, when the context's "
+                    "keys are computed (they are cached unrotated)"
+                )
+            return CrossRotary(run.rotary, None)
+        m = 0 if context is None else context.shape[1]
+        if (
+            not isinstance(context_pos, Tensor)
+            or context_pos.ndim not in (1, 2)
+            or context_pos.shape[-1] != m
+            or context_pos.is_complex()
+            or context_pos.dtype == torch.bool
+        ):
+            got = context_pos.shape if isinstance(context_pos, Tensor) else context_pos
+            raise ValueError(
+                f"context_pos must be a real tensor of shape ({m},) or (batch, {m}) (the "
+                f"context's positions), got {got}"
+            )
+        if cache is not None:
+            cache.context_rotated = True
+        pos = context_pos if context_pos.ndim == 2 else context_pos.unsqueeze(0)
+        return CrossRotary(run.rotary, rotary.angles(pos))
+
     @staticmethod
     def _cross_mask(
         n: int,
@@ -507,6 +743,32 @@ class AttentionLayers(nn.Module):
         return build_attention_mask(
             q_len=n, k_len=m, causal=False, key_mask=context_mask, device=device
         )
+
+    def _causal_for_this_call(
+        self,
+        causal: bool,
+        x: Tensor,
+        attn_mask: Tensor | None,
+        cache: KVCache | LayerIntermediates | None,
+        mems: list[Tensor] | None,
+    ) -> Tensor:
+        """forward(causal=True) on a bidirectional stack: the causal keep-mask, joined to
+        ``attn_mask`` (its keys are exactly the rows of x: no cache, no mems)."""
+        owner = f"{type(self).__name__}.forward"
+        if not causal:
+            raise ValueError(
+                f"{owner}: causal=False cannot make this causal stack bidirectional for one call "
+                "(its layers are built causal): use an Encoder, or leave causal unset"
+            )
+        if cache is not None or mems is not None:
+            raise ValueError(
+                f"{owner}: causal=True on a bidirectional stack cannot be combined with cache= "
+                "or mems= (an Encoder keeps no KV cache): use a Decoder"
+            )
+        if not isinstance(x, Tensor) or x.ndim != 3:
+            return cast(Tensor, attn_mask)  # the input checks reject x
+        keep = causal_keep_mask(x.shape[1], x.shape[1], x.device)
+        return keep if attn_mask is None else attn_mask & keep
 
     def _check_kwargs(self, kwargs: dict[str, Any]) -> None:
         owner = f"{type(self).__name__}.forward"
@@ -628,6 +890,11 @@ class CrossAttender(AttentionLayers):
             if name in kwargs:
                 raise TypeError(f"CrossAttender: {name} is fixed to True")
         super().__init__(cross_attend=True, only_cross=True, **kwargs)
+
+
+def _final_norm(norm: nn.Module, x: Tensor, condition: Tensor) -> Tensor:
+    """The final norm of a stack with adaptive norms (it takes the condition)."""
+    return norm(x, condition) if getattr(norm, "takes_condition", False) else norm(x)
 
 
 def _stack_class(name: str, base: type) -> type:

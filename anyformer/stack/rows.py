@@ -17,9 +17,9 @@ __all__ = ["row_positions"]
 def row_positions(
     pos: Tensor | None, n: int, cache: KVCache | None, device: torch.device
 ) -> Tensor:
-    """(b|1, n) positions of the rows computed now: ``pos`` (n,) or (b, n) when given, else
-    0..n-1 counted on from what the cache holds."""
+    """(b|1, n) positions of the rows computed now: ``pos`` (n,) or (b, n) when given (or
+    (b, heads, n): a row per ALiBi head), else 0..n-1 counted on from what the cache holds."""
     if pos is not None:
-        return pos if pos.ndim == 2 else pos.unsqueeze(0)
+        return pos if pos.ndim >= 2 else pos.unsqueeze(0)
     start = 0 if cache is None else cache.length
     return torch.arange(start, start + n, device=device).unsqueeze(0)

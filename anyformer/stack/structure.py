@@ -13,10 +13,12 @@ from ..config.attention import AttentionConfig
 from ..config.feedforward import FeedForwardConfig
 from ..config.stack import StackConfig
 from ..config.structure import per_layer
+from ..nn.layer_scale import AdaptiveLayerScale, LayerScale
 from ..nn.norms import build_norm
 from ..nn.residual import GRUGating, Residual
 from ..nn.scale import Scale
 from ..nn.token_shift import ShiftTokens, shift_amounts
+from .hyper import HyperConnection
 
 __all__ = ["attention_config", "block_slots", "feedforward_branch", "feedforward_config"]
 
@@ -30,7 +32,11 @@ def block_slots(
     c = config
     shift = per_layer(c.shift_tokens, len(c.layer_types))[index]
     residual: nn.Module
-    if c.gate_residual:
+    if c.num_residual_streams > 1:
+        residual = HyperConnection(
+            c.dim, index, c.num_residual_streams, c.hyper_conn_sinkhorn_iters
+        )
+    elif c.gate_residual:
         residual = GRUGating(c.dim, scale_residual=c.scale_residual)
     else:
         residual = Residual(c.dim, c.scale_residual, c.scale_residual_constant)
@@ -46,7 +52,18 @@ def block_slots(
             else None
         ),
         dual_scale=c.resi_dual_scale if c.resi_dual else None,
+        branch_scale=_branch_scale(c),
+        conditioned=c.norm.conditioned,
     )
+
+
+def _branch_scale(c: StackConfig) -> nn.Module | None:
+    """LayerScale / the adaLN-Zero gate on the branch output, if asked."""
+    if c.use_layerscale:
+        return LayerScale(c.dim, c.layerscale_init_value)
+    if c.use_adaptive_layerscale:
+        return AdaptiveLayerScale(c.dim, c.norm.dim_condition)
+    return None
 
 
 def attention_config(config: StackConfig, is_cross: bool) -> AttentionConfig:

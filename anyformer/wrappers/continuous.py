@@ -30,7 +30,17 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
 
     config_class = ContinuousConfig
 
-    def __init__(self, *, max_seq_len: int, attn_layers: AttentionLayers, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_seq_len: int,
+        attn_layers: AttentionLayers,
+        project_in: nn.Module | None = None,
+        project_out: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``project_in`` / ``project_out`` (x-transformers 2.x): modules of your own in place
+        of the input / output projections (not together with dim_in / dim_out)."""
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError(
@@ -42,6 +52,42 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
             ContinuousConfig, _OWNER, dict(max_seq_len=max_seq_len, **kwargs), valid=valid
         )
         self._setup(config, attn_layers)
+        self._use_modules(project_in, project_out)
+
+    def _use_modules(self, project_in: nn.Module | None, project_out: nn.Module | None) -> None:
+        """Put the constructor's own project_in / project_out modules in place of the built ones."""
+        for name, module, dim_name in (
+            ("project_in", project_in, "dim_in"),
+            ("project_out", project_out, "dim_out"),
+        ):
+            if module is None:
+                continue
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"{_OWNER}: {name} must be an nn.Module (or None), got {type(module).__name__}"
+                )
+            if getattr(self.config, dim_name) is not None:
+                raise ValueError(
+                    f"{_OWNER}: pass either {dim_name} or a {name} module, not both "
+                    f"(got {dim_name}={getattr(self.config, dim_name)})"
+                )
+            setattr(self, name, module)
+        if self.probabilistic and self.config.dim_out is None and project_out is None:
+            raise ValueError(
+                f"{_OWNER}: probabilistic=True needs dim_out (the width of the predicted mean and "
+                "variance) or a project_out module, got neither"
+            )
+        self._own_in = project_in is not None
+        self._own_modules = project_in is not None or project_out is not None
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved configuration as a plain dict (none for custom project_in / out)."""
+        if getattr(self, "_own_modules", False):
+            raise ValueError(
+                f"{_OWNER}: a model built with a project_in or project_out module of your own "
+                "has no configuration to save: save its state_dict instead"
+            )
+        return super().config_dict()
 
     def _setup(self, config: ContinuousConfig, attn_layers: AttentionLayers) -> None:
         self.config = config
@@ -60,16 +106,20 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
         )
         self.post_emb_norm = LayerNorm(dim) if config.post_emb_norm else nn.Identity()
         self.emb_dropout = nn.Dropout(config.emb_dropout)
+        same = config.use_identity_if_same_dim
         self.project_in = (
             nn.Linear(config.dim_in, dim, bias=False)
-            if config.dim_in is not None
+            if config.dim_in is not None and not (same and config.dim_in == dim)
             else nn.Identity()
         )
         self.attn_layers = attn_layers
         self._setup_memory(config, attn_layers)
+        self._setup_pooling(config, attn_layers)
+        self.probabilistic = config.probabilistic
+        width = None if config.dim_out is None else config.dim_out * (1 + int(self.probabilistic))
         self.project_out = (
-            nn.Linear(dim, config.dim_out, bias=False)
-            if config.dim_out is not None
+            nn.Linear(dim, width, bias=False)
+            if width is not None and not (same and width == dim)
             else nn.Identity()
         )
 
@@ -89,6 +139,8 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
         prepend_mask: Tensor | None = None,
         cache: KVCache | LayerIntermediates | None = None,
         input_not_include_cache: bool = False,
+        seq_lens: Tensor | None = None,
+        doc_ids: Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """x (b, n, dim_in) -> (b, n, dim_out) (see the return_* flags, as TransformerWrapper).
@@ -96,10 +148,13 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
         ``lens`` (b,): each row's number of real vectors (a mask of the first lens positions;
         not together with ``mask``). With ``cache``, x holds the whole sequence or, with
         ``input_not_include_cache=True``, only the new vectors. Other keywords (context,
-        context_mask, attn_mask, prefix_attn_len) go to the stack.
+        context_mask, attn_mask, prefix_attn_len) go to the stack. Packed documents:
+        ``seq_lens`` (b, k) or ``doc_ids`` (b, n), as TransformerWrapper.forward.
         """
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
+        if seq_lens is not None or doc_ids is not None:
+            pos = self._pack(x, seq_lens, doc_ids, pos, prepend_embeds, cache, kwargs)
         offset = self._token_offset(cache)
         mask = self._check_inputs(
             x, mask, lens, pos, cache, 0 if input_not_include_cache else offset
@@ -136,6 +191,8 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
             **kwargs,
         )
         out = h if return_embeddings else self.project_out(h)
+        if self.probabilistic and not return_embeddings:
+            out = _mean_variance(out)
         return self._result(
             out,
             inter,
@@ -155,7 +212,9 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
         offset: int,
     ) -> Tensor | None:
         """Check x, mask / lens and pos; returns the mask (lens turned into one)."""
-        check_float_input("x", x, 3, self.dim_in, "of shape (batch, seq_len, dim_in)")
+        own_in = getattr(self, "_own_in", False)  # a project_in module of the user's: any width
+        width = x.shape[-1] if own_in and isinstance(x, Tensor) else self.dim_in
+        check_float_input("x", x, 3, width, "of shape (batch, seq_len, dim_in)")
         check_non_empty("x", x, "batch >= 1, seq_len >= 1")
         b, n = x.shape[:2]
         self._check_positions(b, n, mask, pos, cache, offset)
@@ -173,3 +232,9 @@ class ContinuousTransformerWrapper(StackWrapper, folder_model=True):
                 )
             mask = torch.arange(n, device=x.device) < lens.to(x.device)[:, None]
         return mask
+
+
+def _mean_variance(out: Tensor) -> Tensor:
+    """(..., 2 * d) with (mean, log-variance) interleaved -> stack((mean, variance)) (2, ..., d)."""
+    pairs = out.unflatten(-1, (-1, 2))
+    return torch.stack((pairs[..., 0], pairs[..., 1].exp()))

@@ -19,10 +19,14 @@ from ..cache import KVCache
 from ..checks import check_float_input, check_mask
 from ..config.memory import MemoryOptions
 from ..config.options import current_prefix
+from ..config.pooling import PoolingOptions
 from ..intermediates import LayerIntermediates
+from ..nn.documents import PackedDocuments, packed_documents
+from ..nn.moe import mixture_summary
 from ..serialization import PretrainedMixin
 from ..stack.layers import AttentionLayers
 from .configured import StackedModel
+from .pooling import pool_output, prepend_cls_tokens
 
 __all__ = ["StackWrapper", "check_positions", "memory_layout"]
 
@@ -68,11 +72,14 @@ def check_positions(pos: Tensor, b: int, n: int, max_positions: int | None) -> N
 class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
     """Base of the wrappers around an AttentionLayers stack (see the module docstring).
 
-    Subclasses call ``_setup_memory`` in their setup and own ``attn_layers``.
+    Subclasses call ``_setup_memory`` (and ``_setup_pooling``) in their setup and own
+    ``attn_layers``.
     """
 
     attn_layers: AttentionLayers
     max_positions: int | None
+    num_cls_tokens: int = 0  # 0: no CLS tokens (the cls_token parameter: _setup_pooling)
+    average_pool_embed: bool = False
 
     def _setup_memory(self, options: MemoryOptions, attn_layers: AttentionLayers) -> None:
         owner = type(self).__name__
@@ -91,16 +98,45 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
             self.memory_tokens = nn.Parameter(torch.empty(self.num_memory_tokens, attn_layers.dim))
             self._reset_own_parameters()
 
+    def _setup_pooling(self, options: PoolingOptions, attn_layers: AttentionLayers) -> None:
+        """CLS tokens (num_cls_tokens, dim) or the mean pool (``anyformer.wrappers.pooling``)."""
+        self.average_pool_embed = options.average_pool_embed
+        self.num_cls_tokens = options.num_cls_tokens if options.use_cls_token else 0
+        self.cls_token: nn.Parameter | None = None
+        if self.num_cls_tokens:
+            self.cls_token = nn.Parameter(torch.empty(self.num_cls_tokens, attn_layers.dim))
+            self._reset_own_parameters()
+
+    @property
+    def pools(self) -> bool:
+        """Whether the output is pooled (use_cls_token / average_pool_embed)."""
+        return bool(self.num_cls_tokens) or self.average_pool_embed
+
     def _reset_own_parameters(self) -> None:
-        """Memory tokens start as standard normal vectors (as in x-transformers)."""
+        """Memory tokens start as standard normal vectors, CLS tokens as N(0, 0.02^2) (as in
+        x-transformers)."""
         if self.memory_tokens is not None:
             nn.init.normal_(self.memory_tokens)
+        cls_token = getattr(self, "cls_token", None)
+        if cls_token is not None:
+            nn.init.normal_(cls_token, std=0.02)
 
     @property
     def can_cache_kv(self) -> bool:
         """Whether generate can decode with a KV cache (a causal stack; memory tokens only in
-        front: interspersed ones would need a new memory block inside the cache)."""
-        return self.attn_layers.can_cache_kv and self.memory_tokens_interspersed_every is None
+        front: interspersed ones would need a new memory block inside the cache; no pooled
+        output, which reads the whole sequence)."""
+        return (
+            self.attn_layers.can_cache_kv
+            and self.memory_tokens_interspersed_every is None
+            and not self.pools
+        )
+
+    @property
+    def can_pack_documents(self) -> bool:
+        """Whether forward takes packed documents (seq_lens / doc_ids): the stack's condition,
+        and no memory tokens (the documents of a row would share them)."""
+        return self.attn_layers.can_pack_documents and not self.num_memory_tokens
 
     @property
     def can_cache_beyond_max_seq_len(self) -> bool:
@@ -111,15 +147,20 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
     def capabilities(self) -> dict[str, Any]:
         """What the chosen options allow (SPEC: no silent capability loss): whether every
         attention layer runs the fused kernel, KV caching, and per attention layer its path
-        (``AttentionLayers.attention_paths``). Interspersed memory tokens turn the KV cache off."""
+        (``AttentionLayers.attention_paths``). Interspersed memory tokens turn the KV cache off.
+        With mixture-of-experts layers, ``mixture_of_experts`` describes them (``mixture_summary``)."""
         paths = self.attn_layers.attention_paths()
-        return {
+        caps = {
             "fused_attention": all(p["path"] == "fused" for p in paths),
             "kv_cache": self.can_cache_kv,
             # a sliding window moves absolute positions, and the memory tokens' distance
             "kv_cache_beyond_max_seq_len": self.can_cache_beyond_max_seq_len,
+            # forward's seq_lens / doc_ids (not with token shift or memory tokens)
+            "packed_documents": self.can_pack_documents,
             "attention": paths,
         }
+        experts = mixture_summary(self.attn_layers)
+        return caps if experts is None else {**caps, "mixture_of_experts": experts}
 
     # ------------------------------------------------------------------ forward pieces
 
@@ -153,7 +194,12 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
     ) -> Tensor:
         """Token positions (n,) / (b, n) -> positions in the stack's sequence, where prepended
         embeddings (and memory rows, in a cache) take the first places."""
-        pos = pos if pos.ndim == 2 else pos.unsqueeze(0)
+        pos = pos if pos.ndim >= 2 else pos.unsqueeze(0)
+        if pos.ndim == 3 and prepend_embeds is not None:
+            raise ValueError(
+                "pos of shape (b, alibi_num_heads, n) (positions per ALiBi head) cannot be "
+                "combined with prepend_embeds"
+            )
         if prepend_embeds is not None:
             b, p = prepend_embeds.shape[:2]
             head = torch.arange(p, device=pos.device).expand(max(b, pos.shape[0]), p)
@@ -192,8 +238,28 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
                 "of the absolute positional embedding (use a longer max_seq_len, or "
                 "use_abs_pos_emb=False with relative positions)"
             )
-        if pos is not None:
+        if isinstance(pos, Tensor) and pos.ndim == 3:
+            self._check_head_positions(pos)  # the stack checks its shape
+        elif pos is not None:
             check_positions(pos, b, n, self.max_positions)
+
+    def _check_head_positions(self, pos: Tensor) -> None:
+        """``pos`` (b, alibi_num_heads, n): positions per ALiBi head (the stack's ALiBi only)."""
+        if pos.dtype != torch.long:
+            raise ValueError(f"pos must be a torch.long tensor, got {pos.dtype}")
+        refused = {
+            "absolute positions (use_abs_pos_emb=False or max_seq_len=0)": self.max_positions
+            is not None
+            or getattr(self, "pos_emb", None) is not None,
+            "memory tokens (num_memory_tokens)": getattr(self, "memory_tokens", None) is not None,
+            "cls tokens (use_cls_token)": bool(getattr(self, "num_cls_tokens", 0)),
+        }
+        for name, on in refused.items():
+            if on:
+                raise ValueError(
+                    "pos of shape (b, alibi_num_heads, n) (positions per ALiBi head) cannot be "
+                    f"combined with {name}"
+                )
 
     def _check_prepend(
         self,
@@ -219,6 +285,41 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
             )
         elif prepend_mask is not None:
             raise ValueError("prepend_mask was given without prepend_embeds")
+
+    def _pack(
+        self,
+        x: Tensor,
+        seq_lens: Tensor | None,
+        doc_ids: Tensor | None,
+        pos: Tensor | None,
+        prepend_embeds: Tensor | None,
+        cache: KVCache | None,
+        kwargs: dict[str, Any],
+        check: bool = True,
+    ) -> Tensor | None:
+        """Packed documents (``seq_lens`` (b, k) or ``doc_ids`` (b, n), see
+        ``anyformer.nn.documents``): the stack gets them, resolved, in ``kwargs``; returns the
+        positions, restarting at 0 in every document (``pos`` when given). ``check=False``
+        skips the value checks (host reads)."""
+        if seq_lens is None and doc_ids is None:
+            return pos
+        owner = type(self).__name__
+        for name, value in (("prepend_embeds", prepend_embeds), ("cache", cache)):
+            if value is not None:
+                raise ValueError(
+                    f"{owner}: packed documents (seq_lens / doc_ids) cannot be combined with {name}"
+                )
+        if self.num_memory_tokens:
+            raise ValueError(
+                f"{owner}: packed documents (seq_lens / doc_ids) cannot be combined with memory "
+                "tokens (num_memory_tokens): each document would need its own"
+            )
+        if not isinstance(x, Tensor) or x.ndim < 2:
+            return pos  # the input checks reject x
+        b, n = x.shape[:2]
+        docs = packed_documents(seq_lens, doc_ids, b, n, x.device, check)
+        kwargs["doc_ids"] = cast(PackedDocuments, docs)  # checked: the stack takes it as it is
+        return cast(PackedDocuments, docs).positions if pos is None else pos
 
     def _insert_memory(
         self,
@@ -283,7 +384,11 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
         return_attn: bool,
         **kwargs: Any,
     ) -> tuple[Tensor, LayerIntermediates | None]:
-        """Memory tokens in, the stack, memory tokens out: (h, intermediates or None)."""
+        """CLS and memory tokens in, the stack, memory tokens out, pooling: (h, intermediates
+        or None)."""
+        if self.pools:
+            h, mask, pos = self._pool_input(h, mask, pos, cache)
+        pool_mask = mask
         layout = None
         if self.memory_tokens is not None:
             h, mask, pos, layout = self._insert_memory(h, mask, pos, cache, kwargs)
@@ -305,7 +410,30 @@ class StackWrapper(StackedModel, PretrainedMixin, nn.Module):
             if inter is not None:
                 inter.memory_tokens = h.index_select(1, layout[1])
             h = h.index_select(1, layout[0])
+        if self.pools:
+            h, rest = pool_output(h, pool_mask, self.num_cls_tokens, self.average_pool_embed)
+            if inter is not None:
+                inter.last_layer_hiddens = rest
         return h, inter
+
+    def _pool_input(
+        self, h: Tensor, mask: Tensor | None, pos: Tensor | None, cache: KVCache | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """A pooled output reads the whole sequence (no cache); CLS tokens go in front, at
+        positions 0..k-1 (``pos`` shifted by k)."""
+        if cache is not None:
+            raise ValueError(
+                f"{type(self).__name__}: use_cls_token / average_pool_embed pool the whole "
+                "sequence, which a cached call does not compute: call without cache="
+            )
+        if not self.num_cls_tokens:
+            return h, mask, pos
+        h, mask = prepend_cls_tokens(h, mask, cast(nn.Parameter, self.cls_token))
+        if pos is not None:
+            k = self.num_cls_tokens
+            head = torch.arange(k, device=pos.device).expand(pos.shape[0], k)
+            pos = torch.cat((head, pos + k), dim=1)
+        return h, mask, pos
 
     def _check_return_mems(self, return_mems: bool, cache: KVCache | None) -> None:
         if return_mems and cache is not None and cache.length > 0:

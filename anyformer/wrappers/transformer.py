@@ -16,14 +16,19 @@ from ..intermediates import LayerIntermediates
 from ..nn.embeddings import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding, TokenEmbedding
 from ..nn.norms import LayerNorm
 from ..nn.positions.left_padding import check_seq_start_pos
+from ..nn.softclamp import SoftClamp
 from ..nn.z_loss import attention_z_loss
+from ..optim import muon_parameters
 from ..stack.layers import AttentionLayers
 from .core import StackWrapper
 
 __all__ = ["TransformerWrapper"]
 
 #: Stack forward keywords that TransformerWrapper.forward passes itself (from its own).
-_GIVEN_TO_STACK = ("x", "return_hiddens", "cache", "mask", "return_attn", "pos", "seq_start_pos")
+_GIVEN_TO_STACK = (
+    "x", "return_hiddens", "cache", "mask", "return_attn", "pos", "seq_start_pos", "seq_lens",
+    "doc_ids",
+)  # fmt: skip
 
 
 def parse_wrapper_config(owner: str, kwargs: dict[str, Any]) -> WrapperConfig:
@@ -47,8 +52,19 @@ class TransformerWrapper(StackWrapper, folder_model=True):
     config_class = WrapperConfig
 
     def __init__(
-        self, *, num_tokens: int, max_seq_len: int, attn_layers: AttentionLayers, **kwargs: Any
+        self,
+        *,
+        num_tokens: int,
+        max_seq_len: int,
+        attn_layers: AttentionLayers,
+        token_emb: nn.Module | None = None,
+        to_logits: nn.Module | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``token_emb``: a module of your own, token ids (b, n) -> (b, n, emb_dim), instead of
+        the built-in embedding; ``to_logits``: one of your own, (..., dim) -> logits, instead of
+        the built-in head (x-transformers 2.x keywords). A model with either has no
+        configuration to save (save_pretrained / config_dict raise)."""
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError(
@@ -59,6 +75,7 @@ class TransformerWrapper(StackWrapper, folder_model=True):
             "TransformerWrapper", dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs)
         )
         self._setup(config, attn_layers)
+        self._use_modules(token_emb, to_logits)
 
     def _setup(self, config: WrapperConfig, attn_layers: AttentionLayers) -> None:
         """Build the embeddings and head around `attn_layers` (constructor and from_config)."""
@@ -77,7 +94,9 @@ class TransformerWrapper(StackWrapper, folder_model=True):
         self.max_seq_len = config.max_seq_len
         self.emb_dim = emb_dim
 
-        self.token_emb = TokenEmbedding(emb_dim, config.num_tokens, config.l2norm_embed)
+        self.token_emb = TokenEmbedding(
+            emb_dim, config.num_tokens, config.l2norm_embed, config.token_emb_scale
+        )
         self.has_abs_pos_emb = config.has_abs_pos_emb and not attn_layers.disable_abs_pos_emb
         self.pos_emb: nn.Module | None = None
         if self.has_abs_pos_emb and config.scaled_sinu_pos_emb:
@@ -107,7 +126,10 @@ class TransformerWrapper(StackWrapper, folder_model=True):
         self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else nn.Identity()
         self.attn_layers = attn_layers
         self._setup_memory(config, attn_layers)
+        self._setup_pooling(config, attn_layers)
         self.to_logits: nn.Module = nn.Identity()
+        cap = config.logit_softclamp_value
+        self.logit_softclamp = SoftClamp(cap) if cap is not None else None
         if not config.return_only_embed:
             self.to_logits = nn.Linear(dim, logits_dim, bias=False)
             self.tie_weights()
@@ -117,6 +139,47 @@ class TransformerWrapper(StackWrapper, folder_model=True):
         off the meta device)."""
         if self.config.tie_embedding and not self.config.return_only_embed:
             self.to_logits.weight = self.token_emb.emb.weight
+
+    def _use_modules(self, token_emb: nn.Module | None, to_logits: nn.Module | None) -> None:
+        """Put the constructor's own token_emb / to_logits modules in place of the built ones."""
+        c = self.config
+        for name, module in (("token_emb", token_emb), ("to_logits", to_logits)):
+            if module is not None and not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"TransformerWrapper: {name} must be an nn.Module (or None), got "
+                    f"{type(module).__name__}"
+                )
+        if token_emb is not None:
+            clash = [k for k in ("tie_embedding", "l2norm_embed") if getattr(c, k)]
+            clash += ["token_emb_scale"] if c.token_emb_scale is not None else []
+            if clash:
+                raise ValueError(
+                    f"TransformerWrapper: a token_emb module of your own cannot be combined with "
+                    f"{', '.join(clash)} (options of the built-in embedding)"
+                )
+            self.token_emb = cast(TokenEmbedding, token_emb)  # any module: ids -> embeddings
+        if to_logits is not None:
+            if c.tie_embedding or c.return_only_embed:
+                raise ValueError(
+                    "TransformerWrapper: a to_logits module of your own cannot be combined with "
+                    "tie_embedding=True or return_only_embed=True (they decide the head)"
+                )
+            self.to_logits = to_logits
+        self._own_modules = token_emb is not None or to_logits is not None
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved configuration as a plain dict (none for custom token_emb / to_logits)."""
+        if getattr(self, "_own_modules", False):
+            raise ValueError(
+                "TransformerWrapper: a model built with a token_emb or to_logits module of your "
+                "own has no configuration to save: save its state_dict instead"
+            )
+        return super().config_dict()
+
+    def muon_parameters(self) -> list[nn.Parameter]:
+        """The matrices for the Muon optimiser: every 2-D projection weight of the attention and
+        feed-forward layers (x-transformers 2.x's method; see ``anyformer.optim``)."""
+        return muon_parameters(self)
 
     def forward(
         self,
@@ -135,11 +198,13 @@ class TransformerWrapper(StackWrapper, folder_model=True):
         embed_ids: dict[str, Tensor] | None = None,
         sum_embeds: Tensor | None = None,
         cache: KVCache | LayerIntermediates | None = None,
-        input_not_include_cache: bool = False,
+        input_not_include_cache: bool | None = None,
         seq_start_pos: Tensor | None = None,
         return_attn_z_loss: bool = False,
         attn_z_loss_weight: float | None = None,
         check_inputs: bool = True,
+        seq_lens: Tensor | None = None,
+        doc_ids: Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """x (b, n) token ids -> logits (b, n, logits_dim) (see the return_* flags).
@@ -150,19 +215,28 @@ class TransformerWrapper(StackWrapper, folder_model=True):
 
         With ``cache`` (from a previous call's intermediates, or a ``KVCache``), only positions
         beyond the cached ones are computed: x holds the whole sequence, or only the new tokens
-        when ``input_not_include_cache=True``. Other keywords (context, context_mask, attn_mask,
-        prefix_attn_len) go to the stack. ``check_inputs=False`` skips the input validation
+        when ``input_not_include_cache=True`` (default: the constructor's keyword of that name).
+        Other keywords (context, context_mask, attn_mask, prefix_attn_len) go to the stack. ``check_inputs=False`` skips the input validation
         (and its host sync on token ids): decode loops that already checked their inputs use it.
         ``seq_start_pos`` (b,): left-padded rows, whose tokens begin at that column (positions
         count from there; a cache remembers it).
         ``return_attn_z_loss``: also return the intermediates, with ``attn_z_loss`` (times
         ``attn_z_loss_weight``, default the constructor's) computed from every attention layer's
         pre-softmax logits (the explicit attention path runs for this call).
-        """
+        Packed documents: ``seq_lens`` (b, k) the lengths of the documents packed from column
+        0 of each row (zeros unused; later columns are padding) or ``doc_ids`` (b, n) a
+        document id per token (negative: padding); each document attends only to itself and
+        its positions (absolute, rotary, ALiBi, T5) restart at 0, as if run alone.
+        Pooled models (``use_cls_token`` / ``average_pool_embed``) return (b, logits_dim) (or
+        (b, k, logits_dim) for k CLS tokens); the intermediates hold ``last_layer_hiddens``."""
         if isinstance(cache, LayerIntermediates):
             cache = cache.cache
+        if input_not_include_cache is None:
+            input_not_include_cache = self.config.input_not_include_cache
         if kwargs:
             self._check_forward_kwargs(kwargs)
+        if seq_lens is not None or doc_ids is not None:
+            pos = self._pack(x, seq_lens, doc_ids, pos, prepend_embeds, cache, kwargs, check_inputs)
         offset = self._token_offset(cache)
         x, mask, pos, embed_ids, sum_embeds = self._prepare(
             x, mask, pos, embed_ids, sum_embeds, prepend_embeds, prepend_mask, cache, offset,
@@ -174,29 +248,18 @@ class TransformerWrapper(StackWrapper, folder_model=True):
             seq_start_pos,
         )  # fmt: skip
         h, inter = self._run_stack(
-            h,
-            mask=mask,
-            cache=cache,
-            pos=stack_pos,
-            mems=mems,
-            mem_masks=mem_masks,
+            h, mask=mask, cache=cache, pos=stack_pos, mems=mems, mem_masks=mem_masks,
             return_hiddens=return_intermediates or return_mems or return_attn_z_loss,
-            return_attn=return_attn or return_attn_z_loss,
-            seq_start_pos=seq_start_pos,
-            **kwargs,
-        )
+            return_attn=return_attn or return_attn_z_loss, seq_start_pos=seq_start_pos, **kwargs,
+        )  # fmt: skip
         result = self._head(h, return_embeddings, return_logits_and_embeddings)
         if return_attn_z_loss:
             self._add_attn_z_loss(inter, attn_z_loss_weight)
             return_intermediates = True  # as x-transformers: the loss comes in the intermediates
         return self._result(
-            result,
-            inter,
-            mems=mems,
-            return_intermediates=return_intermediates,
-            return_mems=return_mems,
-            return_attn=return_attn,
-        )
+            result, inter, mems=mems, return_intermediates=return_intermediates,
+            return_mems=return_mems, return_attn=return_attn,
+        )  # fmt: skip
 
     def _prepare(
         self,
@@ -256,9 +319,8 @@ class TransformerWrapper(StackWrapper, folder_model=True):
         h = self.token_emb(x)
         if self.pos_emb is not None:
             h = h + self.pos_emb(self._embedding_positions(x, pos, offset, cache, seq_start_pos))
-        if self.embeds is not None and embed_ids:
-            for name, ids in embed_ids.items():
-                h = h + self.embeds[f"{name}_embed"](ids)
+        if self.embeds is not None:
+            h = self._add_embeds(h, embed_ids or {})
         if sum_embeds is not None:
             h = h + sum_embeds
         h = self.post_emb_norm(h)
@@ -296,10 +358,19 @@ class TransformerWrapper(StackWrapper, folder_model=True):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Step 3: the stack's output -> logits, embeddings or both."""
         if return_logits_and_embeddings:
-            return self.to_logits(h), h
+            return self.logits(h), h
         if return_embeddings:
             return h
-        return self.to_logits(h)
+        return self.logits(h)
+
+    def attn_qk_clip_(self, intermediates: LayerIntermediates, tau: float = 100.0) -> None:
+        """QK-clip (MuonClip) of the stack's attention layers: see AttentionLayers.attn_qk_clip_."""
+        self.attn_layers.attn_qk_clip_(intermediates, tau)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """The stack's output (b, n, dim) -> logits: the head, then logit_softclamp_value."""
+        logits = self.to_logits(h)
+        return logits if self.logit_softclamp is None else self.logit_softclamp(logits)
 
     def _add_attn_z_loss(self, inter: LayerIntermediates | None, weight: float | None) -> None:
         """Put the attention z-loss of every layer's pre-softmax logits into the intermediates."""
@@ -357,15 +428,27 @@ class TransformerWrapper(StackWrapper, folder_model=True):
         keep the exact message (they are not the hot loop; decoding skips the check)."""
         return not isinstance(x, Tensor) or x.device.type == "cpu" or not self.training
 
+    def _add_embeds(self, h: Tensor, embed_ids: dict[str, Tensor]) -> Tensor:
+        """h plus each extra embedding of its ids, or of its default id (embed_ids_default)."""
+        embeds = cast(nn.ModuleDict, self.embeds)
+        for name, ids in embed_ids.items():
+            h = h + embeds[f"{name}_embed"](ids)
+        for name, default in self.config.embed_ids_default.items():
+            if name not in embed_ids:
+                h = h + cast(nn.Embedding, embeds[f"{name}_embed"]).weight[default]
+        return h
+
     def _check_embed_ids(
         self, embed_ids: dict[str, Tensor] | None, b: int, n: int, sync: bool = True
     ) -> None:
         expected = set(self.config.embed_num_tokens)
         given = set(embed_ids or {})
-        if given != expected:
+        optional = set(self.config.embed_ids_default)
+        if not given <= expected or not expected - optional <= given:
+            also = f"; {sorted(optional)} may be omitted" if optional else ""
             raise ValueError(
                 f"embed_ids must give ids for exactly the embeddings {sorted(expected)} "
-                f"(embed_num_tokens), got {sorted(given)}"
+                f"(embed_num_tokens{also}), got {sorted(given)}"
             )
         for name, ids in (embed_ids or {}).items():
             check_token_ids(

@@ -1,4 +1,4 @@
-"""ViTransformerWrapper: image patches -> Encoder -> mean pool -> class logits (SimpleViT)."""
+"""ViTransformerWrapper: image patches -> Encoder -> mean pool (or CLS token) -> class logits."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ __all__ = ["ViTransformerWrapper"]
 
 class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_model=True):
     """Vision transformer (SimpleViT https://arxiv.org/abs/2205.01580, dual patch norm
-    https://arxiv.org/abs/2302.01327, register tokens https://arxiv.org/abs/2309.16588)."""
+    https://arxiv.org/abs/2302.01327, register tokens https://arxiv.org/abs/2309.16588; with
+    ``use_cls_token=True, patch_norm=False`` the original ViT https://arxiv.org/abs/2010.11929)."""
 
     def __init__(
         self,
@@ -29,6 +30,8 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_mode
         post_emb_norm: bool = False,
         num_register_tokens: int = 0,
         emb_dropout: float = 0.0,
+        use_cls_token: bool = False,
+        patch_norm: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
@@ -43,6 +46,8 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_mode
             post_emb_norm=post_emb_norm,
             num_register_tokens=num_register_tokens,
             emb_dropout=emb_dropout,
+            use_cls_token=use_cls_token,
+            patch_norm=patch_norm,
         )
         self._setup(config, attn_layers)
 
@@ -54,14 +59,19 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_mode
         self.image_size, self.patch_size = config.image_size, config.patch_size
         self.channels = config.channels
         patch_dim = config.channels * config.patch_size**2
-        self.pos_embedding = nn.Parameter(torch.empty(1, config.num_patches, dim))
+        self.pos_embedding = nn.Parameter(torch.empty(1, config.num_positions, dim))
+        self.cls_token = nn.Parameter(torch.empty(1, 1, dim)) if config.use_cls_token else None
         self.register_tokens = (
             nn.Parameter(torch.empty(config.num_register_tokens, dim))
             if config.num_register_tokens
             else None
         )
+        # the projection is always patch_to_embedding.1 (the norms are Identity without patch_norm)
+        norm = config.patch_norm
         self.patch_to_embedding = nn.Sequential(
-            LayerNorm(patch_dim), nn.Linear(patch_dim, dim), LayerNorm(dim)
+            LayerNorm(patch_dim) if norm else nn.Identity(),
+            nn.Linear(patch_dim, dim),
+            LayerNorm(dim) if norm else nn.Identity(),
         )
         self.post_emb_norm = LayerNorm(dim) if config.post_emb_norm else nn.Identity()
         self.dropout = nn.Dropout(config.emb_dropout)
@@ -72,8 +82,10 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_mode
         self._reset_own_parameters()
 
     def _reset_own_parameters(self) -> None:
-        """Positions and registers start as N(0, 0.02^2)."""
+        """Positions, the CLS token and registers start as N(0, 0.02^2)."""
         nn.init.normal_(self.pos_embedding, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=0.02)
 
@@ -90,14 +102,18 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_mode
         return_embeddings: bool = False,
         return_logits_and_embeddings: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """img (b, channels, H, W) -> logits (b, num_classes) (without a head: the mean-pooled
-        features (b, dim)), or with return_embeddings the patch embeddings (b, n, dim)."""
+        """img (b, channels, H, W) -> logits (b, num_classes) (without a head: the pooled
+        features (b, dim): the mean over the patches, or the CLS token's output), or with
+        return_embeddings the embeddings (b, n, dim) (with use_cls_token: the CLS token's first,
+        then the n - 1 patches')."""
         self._check_image(img)
         if return_embeddings and return_logits_and_embeddings:
             raise ValueError(
                 "pass at most one of return_embeddings and return_logits_and_embeddings"
             )
         x = self.patch_to_embedding(self.patchify(img))
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = x + self.pos_embedding[:, : x.shape[1]]
         x = self.dropout(self.post_emb_norm(x))
         n = x.shape[1]
@@ -107,7 +123,8 @@ class ViTransformerWrapper(StackedModel, PretrainedMixin, nn.Module, folder_mode
         embed = self.attn_layers(x)[:, :n]
         if return_embeddings:
             return embed
-        pooled = embed.mean(dim=1)  # without a head: the pooled features, as x-transformers
+        # without a head: the pooled features, as x-transformers
+        pooled = embed[:, 0] if self.cls_token is not None else embed.mean(dim=1)
         logits = pooled if self.mlp_head is None else self.mlp_head(pooled)
         return (logits, embed) if return_logits_and_embeddings else logits
 

@@ -37,6 +37,13 @@ _NOT_ROUTED = {
     "only_cross": "the decoder needs self-attention",
     "return_only_embed": "set by XTransformer",
 }
+_POOLED = (
+    "pools the output to one vector per sequence, which can be neither the encoder's "
+    "cross-attention context nor the decoder's per-position logits"
+)
+_NOT_ROUTED.update(
+    dict.fromkeys(("use_cls_token", "num_cls_tokens", "average_pool_embed"), _POOLED)
+)
 
 
 def _route(side: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -159,6 +166,12 @@ class XTransformer(PretrainedMixin, nn.Module, folder_model=True):
     def reset_parameters(self) -> None:
         """Re-initialise every parameter (e.g. after building on the meta device)."""
         reset_module_tree(self)
+
+    def tie_weights(self) -> None:
+        """With dec_tie_embedding, re-tie the decoder's head to its token embedding (after a
+        move that recreates parameters, such as ``to_empty``); the token embedding shared under
+        tie_token_emb is one module, so it stays shared."""
+        cast(TransformerWrapper, self.decoder.net).tie_weights()
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved configuration as a plain dict."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .tables import PositionTables, tables_mode
 
-__all__ = ["AlibiPositionalBias", "alibi_slopes"]
+__all__ = ["AlibiPositionalBias", "alibi_slopes", "check_head_positions"]
 
 
 def alibi_slopes(heads: int) -> list[float]:
@@ -59,17 +59,57 @@ class AlibiPositionalBias(PositionTables):
     def reset_parameters(self) -> None:
         """Recompute the slopes (a computed buffer: not saved, garbage after to_empty)."""
         values = alibi_slopes(self.heads) + [0.0] * (self.total_heads - self.heads)
-        kv, group = self.kv_heads, self.total_heads // self.kv_heads
-        values = [values[(o % group) * kv + o // group] for o in range(self.total_heads)]
+        values = [values[t] for t in self.head_order]
         with tables_mode():
             self.slopes = torch.tensor(values, dtype=self.tables_dtype, device=self.slopes.device)
+
+    @property
+    def head_order(self) -> list[int]:
+        """Our head o is x-transformers' head head_order[o] (see the module docstring)."""
+        kv, group = self.kv_heads, self.total_heads // self.kv_heads
+        return [(o % group) * kv + o // group for o in range(self.total_heads)]
 
     def reset_tables(self) -> None:
         self.reset_parameters()
 
     def forward(self, q_pos: Tensor, k_pos: Tensor, span: int | None = None) -> Tensor:
-        distance = (k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)).abs()  # (b|1, i, j)
-        return -distance.unsqueeze(1).to(self.slopes.dtype) * self.slopes.view(-1, 1, 1)
+        """Positions (b|1, n) shared by the heads, or (b, heads, n) per ALiBi head (x-transformers
+        2.x's custom positions: ALiBi head t reads row t; the other heads get no bias)."""
+        distance = (k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)).abs()  # (b|1, [heads,] i, j)
+        if q_pos.ndim == 3:
+            pad = self.total_heads - self.heads
+            distance = torch.nn.functional.pad(distance, (0, 0, 0, 0, 0, pad))
+            order = torch.tensor(self.head_order, device=distance.device)
+            distance = distance.index_select(1, order)
+        else:
+            distance = distance.unsqueeze(1)
+        return -distance.to(self.slopes.dtype) * self.slopes.view(-1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, total_heads={self.total_heads}, kv_heads={self.kv_heads}"
+
+
+def check_head_positions(
+    pos: Tensor, bias: nn.Module | None, b: int, n: int, refused: dict[str, bool]
+) -> None:
+    """Forward's ``pos`` of shape (b, heads, n): a row of positions per ALiBi head (x-transformers
+    2.x's ``forward_custom_pos``), uncached; ``refused``: the options of this call that read
+    one position per token (name -> whether it is on)."""
+    if not isinstance(bias, AlibiPositionalBias):
+        raise ValueError(
+            f"pos of shape {tuple(pos.shape)} gives each ALiBi head its own positions: it "
+            "needs alibi_pos_bias=True (else pos is (n,) or (b, n))"
+        )
+    if tuple(pos.shape) != (b, bias.heads, n):
+        raise ValueError(
+            f"pos with one row of positions per ALiBi head must have shape ({b}, "
+            f"alibi_num_heads={bias.heads}, {n}), got {tuple(pos.shape)}"
+        )
+    if pos.is_complex() or pos.dtype == torch.bool:
+        raise ValueError(f"pos must hold real positions, got {pos.dtype}")
+    for name, on in refused.items():
+        if on:
+            raise ValueError(
+                f"pos of shape (b, alibi_num_heads, n) (positions per ALiBi head) cannot be "
+                f"combined with {name}"
+            )

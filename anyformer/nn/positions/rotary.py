@@ -12,7 +12,11 @@ between the two tokens. The pairs are (i, i + r/2) over the first ``r`` features
   p is rotated as position p / f;
 - ``xpos_scale_base`` (xPos, https://arxiv.org/abs/2212.10554): queries are scaled by
   ``zeta ** ((p - c) / scale_base)`` and keys by its inverse, so q . k decays with distance; ``c``
-  is a centre that cancels in every product (kept fixed for a whole cached decode).
+  is a centre that cancels in every product (kept fixed for a whole cached decode);
+- ``scaling`` (:class:`~.rotary_scaling.RotaryScaling`): context extension that recomputes the
+  frequencies (Llama 3, YaRN, dynamic NTK, LongRoPE; see rotary_scaling.py). Llama 3 and YaRN
+  are tabulated like plain rotary; dynamic NTK and LongRoPE depend on each forward's length and
+  are computed per forward.
 
 The rotation is applied as ``t * C + swap(t) * S`` with full-width factors (C = [cos, cos, 1...],
 S = [-sin, sin, 0...], swap exchanging the two rotated halves): three kernels per tensor. The
@@ -31,9 +35,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .rotary_scaling import RotaryScaling
 from .tables import PositionTables, tables_mode
 
-__all__ = ["GivenRotary", "RotaryAngles", "RotaryEmbedding", "apply_rotary"]
+__all__ = [
+    "GivenRotary",
+    "LocalRotaryEmbedding",
+    "RotaryAngles",
+    "RotaryEmbedding",
+    "apply_rotary",
+]
 
 #: Positions the table covers when it is first built (grown on demand).
 INITIAL_TABLE_LEN = 1024
@@ -52,9 +63,14 @@ class RotaryAngles:
     k_sin: Tensor
     rot_dim: int
     shared: bool = True  # queries and keys get the same factors (not with xPos)
+    # the positions they rotate to and, when consecutive, the first one (None: given angles):
+    # what a LocalRotaryEmbedding recomputes its own angles from
+    positions: Tensor | None = None
+    offset: int | None = None
     _cast: dict[tuple[str, torch.dtype], tuple[Tensor, Tensor]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _local: dict[int, RotaryAngles] = field(default_factory=dict, repr=False, compare=False)
 
     def factors(self, kind: Literal["q", "k", "rows"], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """The (cos, sin) factors of ``kind`` in ``dtype``: "q" and "k" as (b|1, 1, n, dim_head);
@@ -116,6 +132,7 @@ class RotaryEmbedding(PositionTables):
         interpolation_factor: float = 1.0,
         base_rescale_factor: float = 1.0,
         xpos_scale_base: float | None = None,
+        scaling: RotaryScaling | None = None,
     ) -> None:
         super().__init__()
         if dim < 2 or dim % 2:
@@ -131,8 +148,18 @@ class RotaryEmbedding(PositionTables):
         self.interpolation_factor = interpolation_factor
         self.base_rescale_factor = base_rescale_factor
         self.xpos_scale_base = xpos_scale_base
+        self.scaling = scaling
+        # cos and sin are multiplied by this (YaRN / LongRoPE attention factor)
+        self.cos_sin_factor = 1.0 if scaling is None else scaling.cos_sin_factor
+        # dynamic NTK / LongRoPE: frequencies from each forward's length (no table)
+        self.per_length = scaling is not None and scaling.length_dependent
         half = dim // 2
         self.register_buffer("inv_freq", torch.empty(half), persistent=False)
+        self.long_inv_freq: Tensor | None
+        if scaling is not None and scaling.kind == "longrope":
+            self.register_buffer("long_inv_freq", torch.empty(half), persistent=False)
+        else:
+            self.long_inv_freq = None
         table = (INITIAL_TABLE_LEN, head_dim)  # full-width factors per position
         self.register_buffer("cos_table", torch.empty(table), persistent=False)
         self.register_buffer("sin_table", torch.empty(table), persistent=False)
@@ -165,26 +192,49 @@ class RotaryEmbedding(PositionTables):
         """The frequencies, xPos rates and factor table, in ``tables_dtype``."""
         device, dtype = self.inv_freq.device, self.tables_dtype
         pairs = torch.arange(0, self.dim, 2, device=device, dtype=dtype)
-        self.inv_freq = 1.0 / (self.base ** (pairs / self.dim))
+        inv_freq = 1.0 / (self.base ** (pairs / self.dim))
+        if self.scaling is not None:
+            if self.long_inv_freq is not None:
+                self.long_inv_freq = self.scaling.long_inv_freq(inv_freq)
+            inv_freq = self.scaling.inv_freq(inv_freq, self.theta, self.dim)
+        self.inv_freq = inv_freq
         if self.xpos_zeta is not None:
             # zeta_i = (2i + 0.4 r) / (1.4 r): the xPos paper's per-pair decay rates
             self.xpos_zeta = (pairs + 0.4 * self.dim) / (1.4 * self.dim)
         self._fill_table(self.cos_table.shape[0])
 
-    def _angles(self, positions: Tensor) -> Tensor:
+    def _angles(self, positions: Tensor, inv_freq: Tensor | None = None) -> Tensor:
         """(...,) positions -> (..., r/2) angles p * inv_freq / interpolation_factor, in the
         tables' precision (float32 at least)."""
-        inv_freq = self.inv_freq
+        inv_freq = self.inv_freq if inv_freq is None else inv_freq
         dtype = torch.promote_types(inv_freq.dtype, torch.float32)
         angles = positions.to(dtype).unsqueeze(-1) * inv_freq.to(dtype)
         if self.interpolation_factor != 1.0:
             angles = angles / self.interpolation_factor
         return angles
 
+    def _cos_sin(self, angles: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., r/2) angles -> the full-width factors, times the cos/sin factor if any."""
+        cos, sin = angles.cos(), angles.sin()
+        if self.cos_sin_factor != 1.0:
+            cos, sin = cos * self.cos_sin_factor, sin * self.cos_sin_factor
+        return _full_width(cos, sin, self.head_dim)
+
     def _fill_table(self, length: int) -> None:
         positions = torch.arange(length, device=self.inv_freq.device)
-        angles = self._angles(positions)
-        self.cos_table, self.sin_table = _full_width(angles.cos(), angles.sin(), self.head_dim)
+        self.cos_table, self.sin_table = self._cos_sin(self._angles(positions))
+
+    def _per_length_angles(self, positions: Tensor) -> Tensor:
+        """dynamic NTK / LongRoPE: (b|1, n) positions -> (b|1, n, r/2) angles with the
+        frequencies of this forward's length (its largest position + 1)."""
+        scaling = self.scaling
+        if scaling is None:
+            raise ValueError("RotaryEmbedding: per-length frequencies need a scaling")
+        length = positions.max() + 1
+        inv_freq = scaling.length_inv_freq(
+            length, self.inv_freq, self.long_inv_freq, self.theta, self.dim
+        )
+        return self._angles(positions, inv_freq)
 
     def _table(self, start: int, n: int) -> tuple[Tensor, Tensor]:
         """Factors of positions start .. start + n - 1, (n, dim_head), growing the table if needed."""
@@ -200,14 +250,16 @@ class RotaryEmbedding(PositionTables):
         """The rotation of the rows at ``positions`` (b|1, n); ``offset``: they are known to be
         offset .. offset + n - 1 (a slice of the table). ``cache`` keeps the xPos centre fixed
         over a cached decode."""
-        if offset is not None:
+        if self.per_length:
+            cos, sin = self._cos_sin(self._per_length_angles(positions).unsqueeze(1))
+        elif offset is not None:
             cos, sin = self._table(offset, positions.shape[-1])
             cos, sin = cos[None, None], sin[None, None]
         else:
             angles = self._angles(positions).unsqueeze(1)  # (b|1, 1, n, r/2)
-            cos, sin = _full_width(angles.cos(), angles.sin(), self.head_dim)
+            cos, sin = self._cos_sin(angles)
         if self.xpos_zeta is None:
-            return RotaryAngles(cos, sin, cos, sin, self.dim)
+            return RotaryAngles(cos, sin, cos, sin, self.dim, positions=positions, offset=offset)
         q_scale, k_scale = self._xpos_scales(positions, offset, cache)
         q_scale, _ = _full_width(q_scale, q_scale, self.head_dim)
         k_scale, _ = _full_width(k_scale, k_scale, self.head_dim)
@@ -234,12 +286,17 @@ class RotaryEmbedding(PositionTables):
         scale = zeta ** power.unsqueeze(-1).unsqueeze(1)  # (b|1, 1, n, r/2)
         return scale, scale.reciprocal()
 
+    def rotation(self, positions: Tensor | RotaryAngles) -> RotaryAngles:
+        """The angles to apply: the stack's, computed once for all its layers, or computed now
+        from (b|1, n) positions."""
+        return positions if isinstance(positions, RotaryAngles) else self.angles(positions)
+
     def forward(
         self, q: Tensor, k: Tensor, positions: Tensor | RotaryAngles
     ) -> tuple[Tensor, Tensor]:
         """Rotate q (b, h, n, d) and k (b, h_kv, n, d) to their positions: a (b|1, n) tensor, or
         the angles the stack computed once for all its layers."""
-        rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
+        rot = self.rotation(positions)
         return (
             apply_rotary(q, *rot.factors("q", q.dtype), rot.rot_dim),
             apply_rotary(k, *rot.factors("k", k.dtype), rot.rot_dim),
@@ -247,20 +304,61 @@ class RotaryEmbedding(PositionTables):
 
     def rotate_rows(self, t: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
         """Rotate t (b, n, heads, d), queries and keys side by side (``shares_qk_factors``)."""
-        rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
+        rot = self.rotation(positions)
         return apply_rotary(t, *rot.factors("rows", t.dtype), rot.rot_dim)
 
     def rotate_values(self, v: Tensor, positions: Tensor | RotaryAngles) -> Tensor:
         """Rotate values as keys (``rotary_embed_values``)."""
-        rot = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
+        rot = self.rotation(positions)
         return apply_rotary(v, *rot.factors("k", v.dtype), rot.rot_dim)
 
     def extra_repr(self) -> str:
         extra = f", xpos_scale_base={self.xpos_scale_base}" if self.xpos_zeta is not None else ""
+        extra += f", scaling={self.scaling}" if self.scaling is not None else ""
         return (
             f"dim={self.dim}, head_dim={self.head_dim}, theta={self.theta}, interpolation_factor={self.interpolation_factor}"
             f", base_rescale_factor={self.base_rescale_factor}{extra}"
         )
+
+
+class LocalRotaryEmbedding(RotaryEmbedding):
+    """Plain rotary with its own base for the sliding-window layers of a stack
+    (``rotary_local_theta``; Gemma 3: base 10000 on local layers, the stack's base and scaling on
+    global ones, https://arxiv.org/abs/2503.19786). It recomputes its angles from the positions
+    of the stack's angles, once per forward for all the layers that share it."""
+
+    def rotation(self, positions: Tensor | RotaryAngles) -> RotaryAngles:
+        if not isinstance(positions, RotaryAngles):
+            return self.angles(positions)
+        own = positions._local.get(id(self))
+        if own is None:
+            if positions.positions is None:
+                raise ValueError(
+                    "rotary_local_theta: the sliding-window layers recompute their rotary angles "
+                    "from positions, which given rotary frequencies (rotary_pos_emb) do not carry"
+                )
+            own = self.angles(positions.positions, positions.offset)
+            positions._local[id(self)] = own
+        return own
+
+
+@dataclass(frozen=True)
+class CrossRotary:
+    """Rotary cross-attention (x-transformers 2.x's forward ``context_pos``): the queries rotate
+    to their own positions, the context's keys to ``context_pos``, so that q.k depends on the
+    offset between a row and a context token. ``keys`` is None when the context's keys are
+    cached (already rotated)."""
+
+    queries: RotaryAngles
+    keys: RotaryAngles | None
+
+    def rotate_queries(self, q: Tensor) -> Tensor:
+        return apply_rotary(q, *self.queries.factors("q", q.dtype), self.queries.rot_dim)
+
+    def rotate_keys(self, k: Tensor) -> Tensor:
+        if self.keys is None:
+            raise ValueError("CrossRotary: the context's keys are cached (already rotated)")
+        return apply_rotary(k, *self.keys.factors("k", k.dtype), self.keys.rot_dim)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Each head learns one scalar per distance bucket. Distances below ``num_buckets /
 direction) get a bucket each; longer ones share logarithmically wider buckets up to
 ``max_distance``, beyond which all distances share the last one. A bidirectional stack gives the
 two directions half the buckets each. As in x-transformers, the bias is multiplied by
-``dim_head ** 0.5`` (it is added to logits already scaled by ``dim_head ** -0.5``).
+``dim_head ** 0.5`` (it is added to logits already scaled by ``dim_head ** -0.5``); with an
+explicit ``attn_scale`` it is multiplied by ``1 / attn_scale`` instead, so ``attn_scale=1``
+gives T5's own logits ``q.k + bias`` (https://arxiv.org/abs/1910.10683, Hugging Face's T5).
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RelativePositionBias", "t5_bucket"]
+__all__ = ["RelativePositionBias", "rel_pos_bias_scale", "t5_bucket"]
+
+
+def rel_pos_bias_scale(dim_head: int, attn_scale: float | None) -> float:
+    """The factor the bias is multiplied by: ``1 / attn_scale``, or ``dim_head ** 0.5`` (the
+    inverse of the default logit scale) when no ``attn_scale`` is given."""
+    return dim_head**0.5 if attn_scale is None else 1.0 / attn_scale
 
 
 def t5_bucket(
