@@ -22,6 +22,7 @@ Longformer introduced the sliding window: https://arxiv.org/abs/2004.05150.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,10 +105,12 @@ def use_banded(mask: AttentionMask, q_len: int) -> bool:
 def _band_mask(block: int, window: int, blocks: int, front: int, device: torch.device) -> Tensor:
     """(blocks, 1, block, block + window - 1) bool: row r of a query block sees column c of its
     key span when 0 <= r + window - 1 - c < window, and the key exists (the first block's span
-    starts `front` columns before key 0)."""
+    starts `front` columns before key 0). With ``blocks`` 0: the band alone, (1, 1, ...)."""
     r = torch.arange(block, device=device).unsqueeze(-1)
     c = torch.arange(block + window - 1, device=device)
     band = (c >= r) & (c <= r + window - 1)
+    if not blocks:
+        return band.view(1, 1, block, -1)
     key = torch.arange(blocks, device=device).view(-1, 1, 1) * block + c - front
     return (band & (key >= 0)).unsqueeze(1)
 
@@ -125,8 +128,10 @@ def banded_attention(
     """Causal sliding-window attention, blockwise: q (b, h, n, d), k (b, kvh, m, d),
     v (b, kvh, m, d_v) with m >= n, the queries being the last n keys -> (b, h, n, d_v).
 
-    Query blocks of ``block`` (default :func:`block_size`) rows each attend to a span of block + W - 1 keys
-    (their own block and the W - 1 keys before it), all blocks in one batched SDPA call."""
+    Query blocks of ``block`` (default :func:`block_size`) rows each attend to a span of
+    block + W - 1 keys (their own block and the W - 1 keys before it), batched block-major: the
+    first blocks, whose spans reach before key 0, in one SDPA call with their own masks; all
+    the others in one call sharing a single band mask (broadcast, never materialised per block)."""
     b, h, n, _ = q.shape
     kv_heads, m = k.shape[1], k.shape[-2]
     block = block or block_size(window)
@@ -140,22 +145,30 @@ def banded_attention(
     k = F.pad(k, (0, 0, front, back))
     v = F.pad(v, (0, 0, front, back))
     q = F.pad(q, (0, 0, 0, back))
-    # one batch entry per (row, block): 4-D tensors reach SDPA's fused CPU/GPU kernels
-    qb = q.view(b, h, blocks, block, -1).transpose(1, 2).reshape(b * blocks, h, block, -1)
+    # one batch entry per (block, row), block-major: 4-D tensors reach SDPA's fused kernels
+    qb = q.view(b, h, blocks, block, -1).permute(2, 0, 1, 3, 4).reshape(blocks * b, h, block, -1)
     kb = _spans(k, span, block)
     vb = _spans(v, span, block)
-    mask = _band_mask(block, window, blocks, front, q.device)
-    mask = mask.expand(b, *mask.shape).reshape(b * blocks, 1, block, span)
-    kwargs = {"enable_gqa": True} if kv_heads != h else {}
-    out = F.scaled_dot_product_attention(
-        qb, kb, vb, attn_mask=mask, dropout_p=dropout_p, scale=scale, **kwargs
-    )
-    out = out.view(b, blocks, h, block, -1).transpose(1, 2).reshape(b, h, blocks * block, -1)
+    kwargs: dict[str, Any] = {"enable_gqa": True} if kv_heads != h else {}
+    kwargs.update(dropout_p=dropout_p, scale=scale)
+    head = min(blocks, -(-front // block))  # blocks whose span reaches before key 0
+    parts = []
+    if head:
+        mask = _band_mask(block, window, head, front, q.device)
+        mask = mask.unsqueeze(1).expand(head, b, 1, block, span).reshape(head * b, 1, block, span)
+        cut = head * b
+        parts.append(F.scaled_dot_product_attention(qb[:cut], kb[:cut], vb[:cut], mask, **kwargs))
+    if head < blocks:
+        band = _band_mask(block, window, 0, 0, q.device)
+        cut = head * b
+        parts.append(F.scaled_dot_product_attention(qb[cut:], kb[cut:], vb[cut:], band, **kwargs))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    out = out.view(blocks, b, h, block, -1).permute(1, 2, 0, 3, 4).reshape(b, h, blocks * block, -1)
     return out[:, :, :n]
 
 
 def _spans(t: Tensor, span: int, step: int) -> Tensor:
-    """(b, h, L, d) -> (b * blocks, h, span, d): the overlapping key spans of the blocks."""
+    """(b, h, L, d) -> (blocks * b, h, span, d): the overlapping key spans, block-major."""
     h = t.shape[1]
     spans = t.unfold(2, span, step)  # (b, h, blocks, d, span)
-    return spans.permute(0, 2, 1, 4, 3).reshape(-1, h, span, t.shape[-1])
+    return spans.permute(2, 0, 1, 4, 3).reshape(-1, h, span, t.shape[-1])
