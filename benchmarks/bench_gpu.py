@@ -42,9 +42,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_batched, beside this file
+
+from bench_batched import xt_expressible_state_dict
 
 from anyformer import AutoregressiveWrapper, Decoder, TransformerWrapper
-from anyformer.convert import from_hf, to_x_transformers_state_dict
+from anyformer.convert import from_hf
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A40": 150.0,
                     "A10": 125.0, "L4": 121.0, "4090": 165.0, "3090": 71.0}  # fmt: skip
@@ -72,22 +75,6 @@ TINY = {
     "gpt2-124m": Shape(32, 2, 2, 2, 128, 64, 32),
     "llama-style": Shape(64, 2, 2, 1, 128, 64, 32),  # x-transformers: rotary dims >= 32
 }
-
-
-def xt_expressible_state_dict(ours: nn.Module) -> dict[str, torch.Tensor]:
-    """``ours`` (converted from Hugging Face) in x-transformers 1.28.2's layout, through a twin
-    with the same tensors whose options 1.28.2 expresses: the feedforward width as ``ff_mult``
-    (the benchmark's x-transformers model passes the same) and its own norm epsilon (RMSNorm's
-    eps differs from Hugging Face's 1e-6 by rounding only: the token agreement reports it)."""
-    config = ours.config_dict()
-    stack = config["attn_layers"]
-    ff = stack["feedforward"]
-    if ff["inner_dim"] is not None:
-        ff["mult"], ff["inner_dim"] = ff["inner_dim"] / stack["dim"], None
-    stack["norm"]["norm_eps"] = None
-    twin = type(ours).from_config(config)
-    twin.load_state_dict(ours.state_dict())
-    return to_x_transformers_state_dict(twin)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
